@@ -1,0 +1,137 @@
+"""Open every page of the built book in headless Chromium, as a reader would.
+
+Each page is loaded from ``file://`` (offline, no server) and must show:
+
+* typeset math: every Sphinx math element holds a MathJax container;
+* every image loaded (``naturalWidth > 0``);
+* no cell with an error or stderr output;
+* no script or other resource loaded from the network;
+* no severe message in the browser console (a missing file, a blocked load).
+
+Needs ``make book`` first, and Debian's ``chromium`` and ``chromium-driver``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+HTML = ROOT / "_build" / "html"
+CHROMIUM = shutil.which("chromium")
+CHROMEDRIVER = shutil.which("chromedriver")
+SKIP_PAGES = {"search.html", "genindex.html"}
+# pydata-sphinx-theme logs this on a browser profile's first page (no stored
+# light/dark choice yet) and then picks "auto"; it is not a fault of the book.
+HARMLESS_CONSOLE = ("Got invalid theme mode",)
+
+
+def _pages() -> list[Path]:
+    if not HTML.is_dir():
+        return []
+    return sorted(
+        p for p in HTML.rglob("*.html")
+        if p.name not in SKIP_PAGES and "_static" not in p.parts and "_sources" not in p.parts
+    )
+
+
+PAGES = _pages()
+
+# `make test` sets DROPOUT_BOOK_BROWSER=required: there a missing book or
+# browser is a failure, not a skip.
+_REQUIRED = os.environ.get("DROPOUT_BOOK_BROWSER") == "required"
+_MISSING = (
+    "no built book: run `make book` first" if not PAGES else
+    "needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)"
+    if CHROMIUM is None or CHROMEDRIVER is None else None
+)
+if _MISSING and _REQUIRED:
+    raise RuntimeError(_MISSING)
+pytestmark = pytest.mark.skipif(_MISSING is not None, reason=_MISSING or "")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (
+        "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
+        "--no-first-run", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--window-size=1280,1600",
+    ):
+        options.add_argument(flag)
+    profile = tempfile.mkdtemp(prefix="dropout-book-chromium-")
+    options.add_argument(f"--user-data-dir={profile}")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(30)
+    driver.set_script_timeout(30)
+    yield driver
+    driver.quit()
+    shutil.rmtree(profile, ignore_errors=True)
+
+
+WAIT_FOR_MATHJAX = """
+const done = arguments[arguments.length - 1];
+if (window.MathJax && MathJax.startup && MathJax.startup.promise) {
+  MathJax.startup.promise.then(() => done(true), () => done(false));
+} else {
+  done(null);
+}
+"""
+
+INSPECT_PAGE = """
+const math = Array.from(document.querySelectorAll('.math'));
+const imgs = Array.from(document.images);
+return {
+  math: math.length,
+  untypeset: math.filter(e => !e.querySelector('mjx-container')).map(e => e.textContent.slice(0, 60)),
+  mjx: document.querySelectorAll('mjx-container svg').length,
+  images: imgs.length,
+  broken: imgs.filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.getAttribute('src')),
+  errors: Array.from(document.querySelectorAll('.output.error, .output.traceback, .output.stderr'))
+               .map(e => e.textContent.slice(0, 200)),
+  remote: performance.getEntriesByType('resource').map(r => r.name)
+               .filter(n => !n.startsWith('file:') && !n.startsWith('data:')),
+  remote_scripts: Array.from(document.scripts).map(s => s.src)
+               .filter(s => s && !s.startsWith('file:')),
+};
+"""
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[str(p.relative_to(HTML)) for p in PAGES])
+def test_page_renders_offline(browser, page: Path) -> None:
+    browser.get(page.as_uri())
+    mathjax = browser.execute_async_script(WAIT_FOR_MATHJAX)
+    info = browser.execute_script(INSPECT_PAGE)
+    console = [
+        e["message"] for e in browser.get_log("browser")
+        if e["level"] == "SEVERE" and not any(h in e["message"] for h in HARMLESS_CONSOLE)
+    ]
+
+    assert not info["remote_scripts"], f"scripts from the network: {info['remote_scripts']}"
+    assert not info["remote"], f"resources from the network: {info['remote']}"
+    if info["math"]:
+        assert mathjax is True, "MathJax did not load or failed to start (is it in _static/mathjax?)"
+        assert not info["untypeset"], f"math left untypeset: {info['untypeset']}"
+        assert info["mjx"] >= info["math"], f"{info['mjx']} typeset formulas for {info['math']} math elements"
+    assert not info["broken"], f"images that did not load: {info['broken']}"
+    assert not info["errors"], f"cells showing an error or stderr: {info['errors']}"
+    assert not console, f"severe console messages: {console}"
+
+
+def test_chapters_have_math_and_figures() -> None:
+    """The chapters render theorems (math) and at least one figure between them."""
+    chapters = [p for p in PAGES if p.parent.name == "chapters"]
+    assert chapters, "no chapter pages were built"
+    text = "".join(p.read_text(encoding="utf-8") for p in chapters)
+    assert 'class="math' in text, "no math in any chapter"
+    assert "<img" in text, "no figure in any chapter"
+    assert "proof" in text, "no sphinx-proof block in any chapter"
