@@ -22,8 +22,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 HTML = ROOT / "_build" / "html"
-CHROMIUM = shutil.which("chromium")
-CHROMEDRIVER = shutil.which("chromedriver")
+# Debian's chromium and chromium-driver; Chrome where that is what the machine has.
+CHROMIUM = os.environ.get("CHROME_BIN") or shutil.which("chromium") or shutil.which("google-chrome")
+CHROMEDRIVER = os.environ.get("CHROMEDRIVER") or shutil.which("chromedriver") or (
+    shutil.which("chromedriver", path=os.environ["CHROMEWEBDRIVER"]) if os.environ.get("CHROMEWEBDRIVER") else None
+)
 SKIP_PAGES = {"search.html", "genindex.html"}
 # pydata-sphinx-theme logs this on a browser profile's first page (no stored
 # light/dark choice yet) and then picks "auto"; it is not a fault of the book.
