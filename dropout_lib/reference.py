@@ -48,6 +48,11 @@ def check_keep_prob(keep_prob: float) -> float:
     ValueError
         If ``keep_prob`` is not a finite number in ``(0, 1]``.
     """
+    if isinstance(keep_prob, (bool, str, bytes)) or not np.isscalar(keep_prob):
+        raise TypeError(
+            f"keep_prob must be a real number in (0, 1]; got {keep_prob!r} "
+            f"of type {type(keep_prob).__name__}."
+        )
     try:
         value = float(keep_prob)
     except (TypeError, ValueError):
@@ -65,6 +70,11 @@ def check_keep_prob(keep_prob: float) -> float:
 
 
 def _check_rate(rate: float) -> float:
+    if isinstance(rate, (bool, str, bytes)) or not np.isscalar(rate):
+        raise TypeError(
+            f"rate must be a real number in [0, 1); got {rate!r} "
+            f"of type {type(rate).__name__}."
+        )
     try:
         value = float(rate)
     except (TypeError, ValueError):
