@@ -22,13 +22,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import keras
+import numpy as np
 from keras import ops
 
 __all__ = ["StandardDropout"]
 
 
 def _check_rate(rate: Any) -> float:
-    if isinstance(rate, bool) or not isinstance(rate, (int, float)):
+    if isinstance(rate, bool) or not isinstance(rate, (int, float, np.integer, np.floating)):
         raise TypeError(
             f"rate must be a Python float in [0, 1); got {rate!r} of type "
             f"{type(rate).__name__}."
@@ -150,6 +151,9 @@ class StandardDropout(keras.layers.Layer):
         call advances the seed generator by one draw, like a training call.
         """
         self._check_inputs(inputs)
+        return self._draw_mask(inputs)
+
+    def _draw_mask(self, inputs: Any) -> Any:
         if self.rate == 0:
             return ops.ones_like(inputs)
         scaled = keras.random.dropout(
@@ -165,7 +169,10 @@ class StandardDropout(keras.layers.Layer):
         if training:
             if self.rate == 0:
                 return inputs
-            return self.keep_mask(inputs) * inputs
+            # where(), not mask * x: a dropped inf or nan gives 0 (not nan) and a
+            # dropped negative gives +0.0, exactly as keras.layers.Dropout does.
+            kept = ops.not_equal(self._draw_mask(inputs), 0)
+            return ops.where(kept, inputs, ops.zeros_like(inputs))
         keep_prob = ops.convert_to_tensor(self.keep_prob, dtype=inputs.dtype)
         return inputs * keep_prob
 

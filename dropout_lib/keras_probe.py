@@ -1,0 +1,736 @@
+"""What the installed Keras executes when a ``Dropout`` layer runs (result #12).
+
+Nothing here re-implements Keras: every function either *reads* the installed
+Keras/TensorFlow (source via :mod:`inspect`, the ``training`` flag a layer
+receives) or states, in numpy, what those sources say the output must be, so a
+chapter can compare the two bit for bit.
+
+Notation: ``rate`` is Keras's DROP probability; the paper's keep probability
+is ``p = keep_prob = 1 - rate``.
+
+What the source says (Keras 3, TensorFlow backend). ``keras.layers.Dropout``
+with ``training=True`` and ``0 < rate < 1`` calls
+``backend.random.dropout``, which calls ``tf.nn.experimental.stateless_dropout``,
+whose shared core ``_dropout`` computes, for a Python-number ``rate``,
+
+* ``keep_prob = 1 - rate`` and ``scale = 1 / keep_prob`` in Python, i.e. in
+  IEEE double precision, then converts ``scale`` once to the input's dtype:
+  ``s = fl_D(fl64(1 / fl64(1 - rate)))`` (:func:`inverted_scale`);
+* ``ret = x * s`` (one rounded product per entry);
+* ``keep_mask = u >= rate`` with ``u`` uniform on ``[0, 1)`` (drawn in dtype
+  ``D`` by a stateless generator), and ``where(keep_mask, ret, 0)``.
+
+With ``training=False`` the layer returns its input unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import math
+import sys
+import textwrap
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+from numpy.typing import ArrayLike, DTypeLike, NDArray
+
+__all__ = [
+    "SourceExcerpt",
+    "source_excerpt",
+    "dropout_call_chain",
+    "trainer_training_lines",
+    "inverted_scale",
+    "expected_inverted_output",
+    "division_mismatches",
+    "TrainingCheck",
+    "check_inverted_training_output",
+    "assert_inverted_training_output",
+    "drop_fraction_z",
+    "TrainingFlagRecorder",
+    "flags_passed_by",
+    "PROBE_KINDS",
+    "ProbeModel",
+    "ProbeModelWithoutTrainingArg",
+    "probe_model",
+    "flags_table",
+    "comparison_table",
+    "plot_dropout_maps",
+]
+
+
+# --------------------------------------------------------------------------- #
+# Reading the installed source
+# --------------------------------------------------------------------------- #
+
+
+@dataclass(frozen=True)
+class SourceExcerpt:
+    """Lines of installed source code, with where they come from.
+
+    Attributes
+    ----------
+    name
+        Qualified name of the function the lines belong to.
+    path
+        File path relative to ``site-packages`` (``keras/src/...``), so the
+        text does not depend on where the environment lives.
+    line_numbers
+        The 1-based line number in that file of each line of ``text`` (a
+        removed docstring leaves a gap).
+    text
+        The lines themselves, dedented.
+    """
+
+    name: str
+    path: str
+    line_numbers: tuple[int, ...]
+    text: str
+
+    @property
+    def first_line(self) -> int:
+        """Line number of the first line shown."""
+        return self.line_numbers[0]
+
+    @property
+    def last_line(self) -> int:
+        """Line number of the last line shown."""
+        return self.line_numbers[-1]
+
+    def show(self, numbered: bool = True) -> str:
+        """The lines under a ``# name`` header; with ``numbered``, also file, range and numbers.
+
+        Without numbers the text does not change when unrelated lines of the
+        file move (use it for code of this book, which is edited more often
+        than a pinned dependency).
+        """
+        if not numbered:
+            return f"# {self.name}\n{self.text}"
+        width = len(str(self.last_line))
+        body = "\n".join(
+            f"{number:>{width}}  {line}".rstrip()
+            for number, line in zip(self.line_numbers, self.text.splitlines())
+        )
+        where = f"# {self.path}, lines {self.first_line}-{self.last_line}"
+        return f"# {self.name}\n{where}\n{body}"
+
+    def __str__(self) -> str:
+        return self.show(numbered=True)
+
+
+def _display_path(filename: str, module_name: str) -> str:
+    """``filename`` relative to the folder holding its top-level package."""
+    top = sys.modules.get(module_name.split(".")[0])
+    top_file = getattr(top, "__file__", None)
+    if top_file:
+        root = Path(top_file).resolve().parent.parent
+        try:
+            return Path(filename).resolve().relative_to(root).as_posix()
+        except ValueError:
+            pass
+    return Path(filename).name
+
+
+def _docstring_span(lines: list[str], func: Callable[..., Any]) -> tuple[int, int] | None:
+    """Indices ``(first, last)`` of the docstring lines of ``func`` in ``lines``, or None."""
+    if not inspect.getdoc(func):
+        return None
+    for start, line in enumerate(lines):
+        stripped = line.strip()
+        if stripped.startswith(('"""', "'''", 'r"""', "r'''")):
+            quote = '"""' if '"""' in stripped else "'''"
+            rest = stripped.split(quote, 1)[1]
+            if quote in rest:
+                return start, start
+            end = next((i for i in range(start + 1, len(lines)) if quote in lines[i]), None)
+            return None if end is None else (start, end)
+    return None
+
+
+def source_excerpt(
+    func: Callable[..., Any],
+    start: str | None = None,
+    stop: str | None = None,
+    *,
+    name: str | None = None,
+    drop_docstring: bool = True,
+) -> SourceExcerpt:
+    """Return the installed source of ``func``, or the part between two markers.
+
+    Parameters
+    ----------
+    func
+        A function or method; decorators are unwrapped (``inspect.unwrap``),
+        so TensorFlow's dispatch wrappers give the function that runs.
+    start, stop
+        If given, keep only the lines from the first one containing ``start``
+        to the first later one containing ``stop`` (both included).
+    name
+        Name to show; defaults to ``module.qualname``.
+    drop_docstring
+        Leave the docstring out (only when no ``start`` marker is given).
+
+    Raises
+    ------
+    LookupError
+        If a marker is not in the source: the installed version's code differs
+        from the one this book read, and the chapter must be re-read.
+    """
+    target = inspect.unwrap(func)
+    lines, first = inspect.getsourcelines(target)
+    lines = [line.rstrip("\n") for line in lines]
+    numbers = list(range(first, first + len(lines)))
+    if start is None and drop_docstring:
+        span = _docstring_span(lines, target)
+        if span is not None:
+            a, b = span
+            lines, numbers = lines[:a] + lines[b + 1:], numbers[:a] + numbers[b + 1:]
+    lo, hi = 0, len(lines) - 1
+    qualname = f"{target.__module__}.{target.__qualname__}"
+    if start is not None:
+        lo = next((i for i, line in enumerate(lines) if start in line), None)
+        if lo is None:
+            raise LookupError(
+                f"{start!r} is not in the source of {qualname}: the installed "
+                "version differs from the one the book read; re-read its source."
+            )
+    if stop is not None:
+        hi = next((i for i in range(lo, len(lines)) if stop in lines[i]), None)
+        if hi is None:
+            raise LookupError(
+                f"{stop!r} does not follow {start!r} in the source of {qualname}: "
+                "the installed version differs from the one the book read."
+            )
+    return SourceExcerpt(
+        name=name or qualname,
+        path=_display_path(inspect.getsourcefile(target) or "?", target.__module__),
+        line_numbers=tuple(numbers[lo:hi + 1]),
+        text=textwrap.dedent("\n".join(lines[lo:hi + 1])),
+    )
+
+
+def _tf_dropout_core() -> Callable[..., Any]:
+    """``tensorflow.python.ops.nn_ops._dropout``, found from the public function."""
+    public = inspect.unwrap(tf.nn.experimental.stateless_dropout)
+    module = sys.modules[public.__module__]
+    return module._dropout
+
+
+def dropout_call_chain() -> list[SourceExcerpt]:
+    """The source of every function a training call of ``keras.layers.Dropout`` runs.
+
+    In order: ``Dropout.call``; the backend's ``random.dropout`` *as bound at
+    run time* (whatever ``Dropout.call`` would call now); the body of
+    ``tf.nn.experimental.stateless_dropout`` after its docstring; and the lines
+    of TensorFlow's shared ``_dropout`` that compute the scale and apply the
+    mask (from the branch on the type of ``rate`` to the ``where``).
+
+    Returns
+    -------
+    list of SourceExcerpt
+        Print each one to show the code with its file and line numbers.
+    """
+    import keras.src.layers.regularization.dropout as keras_dropout_module
+
+    backend_dropout = keras_dropout_module.backend.random.dropout
+    return [
+        source_excerpt(keras.layers.Dropout.call, name="keras.layers.Dropout.call"),
+        source_excerpt(backend_dropout),
+        source_excerpt(
+            tf.nn.experimental.stateless_dropout,
+            "uniform_sampler = ",
+            'default_name="stateless_dropout")',
+            name="tf.nn.experimental.stateless_dropout",
+        ),
+        source_excerpt(
+            _tf_dropout_core(),
+            "if not tensor_util.is_tf_type(rate):",
+            "ret = array_ops.where_v2(keep_mask, ret, zero_tensor)",
+        ),
+    ]
+
+
+def trainer_training_lines() -> dict[str, SourceExcerpt]:
+    """The lines of Keras's TensorFlow trainer that decide the ``training`` flag.
+
+    Returns a mapping ``{"fit": ..., "evaluate": ..., "predict": ...}`` with the
+    ``if self._call_has_training_arg:`` block of ``train_step``,
+    ``test_step`` and ``predict_step``: the model is called with an explicit
+    ``training`` value *only if its* ``call()`` *accepts one*.
+    """
+    from keras.src.backend.tensorflow.trainer import TensorFlowTrainer
+
+    steps = {"fit": "train_step", "evaluate": "test_step", "predict": "predict_step"}
+    return {
+        method: source_excerpt(
+            getattr(TensorFlowTrainer, step),
+            "if self._call_has_training_arg:",
+            "y_pred = self(x)",
+            name=f"TensorFlowTrainer.{step}",
+        )
+        for method, step in steps.items()
+    }
+
+
+# --------------------------------------------------------------------------- #
+# What the output must be, in numpy
+# --------------------------------------------------------------------------- #
+
+
+def _check_rate(rate: float) -> float:
+    if isinstance(rate, bool) or not isinstance(rate, (int, float, np.floating)):
+        raise TypeError(f"rate must be a real number in [0, 1); got {rate!r}.")
+    value = float(rate)
+    if not math.isfinite(value) or not 0.0 <= value < 1.0:
+        raise ValueError(
+            f"rate must be in [0, 1); got {rate!r}. rate is Keras's DROP "
+            "probability, keep_prob = 1 - rate."
+        )
+    return value
+
+
+def _float_dtype(dtype: DTypeLike) -> np.dtype:
+    dt = np.dtype(dtype)
+    if not np.issubdtype(dt, np.floating):
+        raise TypeError(f"dtype must be a floating dtype; got {dt}.")
+    return dt
+
+
+def inverted_scale(rate: float, dtype: DTypeLike = np.float32) -> np.floating:
+    """The factor Keras/TensorFlow multiplies kept units by in training.
+
+    ``s = fl_D(1 / (1 - rate))``: ``1 - rate`` and ``1 / (1 - rate)`` are
+    computed in Python (IEEE double), and the result is rounded once to the
+    input's dtype ``D`` (TensorFlow's ``convert_to_tensor(scale, dtype=x.dtype)``).
+
+    Parameters
+    ----------
+    rate
+        Keras's drop probability in ``[0, 1)``.
+    dtype
+        The input's floating dtype.
+    """
+    r = _check_rate(rate)
+    return _float_dtype(dtype).type(1.0 / (1.0 - r))
+
+
+def expected_inverted_output(x: ArrayLike, keep_mask: ArrayLike, rate: float) -> NDArray[np.floating]:
+    """``where(keep_mask, x * s, 0)`` in ``x``'s dtype, ``s = inverted_scale(rate, x.dtype)``.
+
+    This is what the source of TensorFlow's ``_dropout`` computes; the product
+    ``x * s`` is one IEEE multiplication per entry, so it is reproducible bit
+    for bit in numpy.
+    """
+    arr = np.asarray(x)
+    _float_dtype(arr.dtype)
+    keep = np.asarray(keep_mask).astype(bool)
+    np.broadcast_shapes(keep.shape, arr.shape)
+    s = inverted_scale(rate, arr.dtype)
+    return np.where(keep, arr * s, arr.dtype.type(0))
+
+
+def division_mismatches(x: ArrayLike, rate: float) -> int:
+    """How many entries of ``x / fl_D(1 - rate)`` differ from ``x * inverted_scale(rate)``.
+
+    Dividing by the rounded keep probability and multiplying by the rounded
+    reciprocal agree in exact arithmetic but not always in floating point; a
+    nonzero count shows that a bit-exact comparison can tell the two apart.
+    """
+    arr = np.asarray(x)
+    dt = _float_dtype(arr.dtype)
+    r = _check_rate(rate)
+    return int(np.count_nonzero(arr / dt.type(1.0 - r) != arr * inverted_scale(r, dt)))
+
+
+@dataclass(frozen=True)
+class TrainingCheck:
+    """Result of comparing a training output ``y`` with inverted dropout of ``x``.
+
+    Attributes
+    ----------
+    n
+        Number of entries.
+    n_kept
+        Entries where ``y != 0`` (``x`` must have no zeros, so these are the
+        kept units).
+    n_scaled
+        Kept entries with ``y == x * s`` exactly (should be ``n_kept``).
+    n_unscaled
+        Kept entries with ``y == x`` exactly: what a dropout that forgot to
+        rescale would give.
+    scale
+        ``s = inverted_scale(rate, x.dtype)``.
+    """
+
+    n: int
+    n_kept: int
+    n_scaled: int
+    n_unscaled: int
+    scale: float
+
+    @property
+    def exact(self) -> bool:
+        """True when every kept entry equals ``x * s`` bit for bit."""
+        return self.n_scaled == self.n_kept
+
+    @property
+    def drop_fraction(self) -> float:
+        """Fraction of entries set to zero."""
+        return 1.0 - self.n_kept / self.n
+
+
+def _as_numpy(y: Any) -> NDArray:
+    return np.asarray(keras.ops.convert_to_numpy(y)) if not isinstance(y, np.ndarray) else y
+
+
+def check_inverted_training_output(x: ArrayLike, y: Any, rate: float) -> TrainingCheck:
+    """Compare a training output ``y`` of a dropout layer with inverted dropout of ``x``.
+
+    ``x`` must have no zero entries (then ``y == 0`` exactly where a unit
+    was dropped) and ``y`` must have ``x``'s shape and dtype.
+    """
+    xa = np.asarray(x)
+    ya = _as_numpy(y)
+    _float_dtype(xa.dtype)
+    if ya.shape != xa.shape:
+        raise ValueError(f"y has shape {ya.shape}, x has shape {xa.shape}; they must match.")
+    if ya.dtype != xa.dtype:
+        raise TypeError(
+            f"y has dtype {ya.dtype} but x has {xa.dtype}: the layer changed the "
+            "dtype (a default-dtype Keras layer casts float64 input to float32; "
+            "pass dtype='float64' to the layer)."
+        )
+    if np.any(xa == 0):
+        raise ValueError("x has zero entries: a dropped unit and a zero input look alike.")
+    kept = ya != 0
+    s = inverted_scale(rate, xa.dtype)
+    return TrainingCheck(
+        n=int(xa.size),
+        n_kept=int(kept.sum()),
+        n_scaled=int(np.count_nonzero(ya[kept] == xa[kept] * s)),
+        n_unscaled=int(np.count_nonzero(ya[kept] == xa[kept])),
+        scale=float(s),
+    )
+
+
+def assert_inverted_training_output(x: ArrayLike, y: Any, rate: float) -> TrainingCheck:
+    """Raise ``AssertionError`` unless every nonzero ``y`` equals ``x * s`` bit for bit.
+
+    ``s = inverted_scale(rate, x.dtype)``; see :func:`check_inverted_training_output`.
+    Returns the :class:`TrainingCheck` when it holds.
+    """
+    result = check_inverted_training_output(x, y, rate)
+    if not result.exact:
+        raise AssertionError(
+            f"{result.n_kept - result.n_scaled} of {result.n_kept} kept entries differ "
+            f"from x * fl(1/(1-rate)) = x * {result.scale!r}; {result.n_unscaled} of them "
+            "equal x itself (no rescaling in training)."
+        )
+    return result
+
+
+def drop_fraction_z(n_dropped: int, n: int, rate: float) -> float:
+    """Standard score of ``n_dropped`` drops out of ``n`` independent units.
+
+    ``(n_dropped - n rate) / sqrt(n rate (1 - rate))``: the number of drops is
+    Binomial(n, rate), so ``|z| > 5`` has probability below ``1e-6`` when the
+    layer drops each unit with probability ``rate``.
+    """
+    r = _check_rate(rate)
+    if n <= 0 or r == 0:
+        raise ValueError("need n > 0 and rate > 0 for a standard score.")
+    return (n_dropped - n * r) / math.sqrt(n * r * (1.0 - r))
+
+
+# --------------------------------------------------------------------------- #
+# What fit / evaluate / predict pass
+# --------------------------------------------------------------------------- #
+
+
+@keras.saving.register_keras_serializable(package="dropout_lib")
+class TrainingFlagRecorder(keras.layers.Layer):
+    """Identity layer that records the ``training`` value each call receives.
+
+    ``call(inputs, training=None)`` returns ``inputs`` and appends ``training``
+    to :attr:`flags` exactly as Keras resolved it (``True``, ``False``, or
+    ``None`` when nothing was passed down). Symbolic calls (Keras's own
+    shape inference while building a model, on ``KerasTensor`` inputs) are
+    not recorded: they are not a forward pass of any data.
+
+    When the call runs eagerly (``run_eagerly=True`` in ``compile``, or a
+    direct call), the input values are also kept in :attr:`seen`, so the
+    values flowing through a model during ``fit`` can be inspected; inside a
+    traced ``tf.function`` only the flag is recorded (once per trace).
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.flags: list[bool | None] = []
+        self.seen: list[NDArray] = []
+        self.supports_masking = True
+
+    def call(self, inputs: Any, training: bool | None = None) -> Any:
+        if isinstance(inputs, keras.KerasTensor):
+            return inputs
+        self.flags.append(training)
+        if tf.executing_eagerly():
+            self.seen.append(np.array(keras.ops.convert_to_numpy(inputs)))
+        return inputs
+
+    def reset(self) -> None:
+        """Forget everything recorded so far."""
+        self.flags.clear()
+        self.seen.clear()
+
+    def compute_output_shape(self, input_shape: Any) -> Any:
+        return input_shape
+
+
+def _distinct(values: Sequence[Any]) -> tuple[Any, ...]:
+    out: list[Any] = []
+    for v in values:
+        if v not in out:
+            out.append(v)
+    return tuple(out)
+
+
+@contextlib.contextmanager
+def _quiet_tf_logger() -> Iterator[None]:
+    """Raise TensorFlow's Python logger to ERROR for the duration of the block.
+
+    Probing several small models in a row makes TensorFlow log a warning
+    about ``tf.function`` retracing (a performance hint, with memory
+    addresses in it); it says nothing about what the layers compute.
+    """
+    logger = tf.get_logger()
+    level = logger.level
+    logger.setLevel("ERROR")
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def flags_passed_by(
+    model: keras.Model,
+    recorder: TrainingFlagRecorder,
+    x: ArrayLike,
+    y: ArrayLike,
+    *,
+    batch_size: int | None = None,
+) -> dict[str, tuple[bool | None, ...]]:
+    """Run ``fit`` (one epoch), ``evaluate`` and ``predict`` and report the flags seen.
+
+    Parameters
+    ----------
+    model
+        A compiled model that contains ``recorder`` (after the layer of
+        interest, e.g. a ``Dropout``).
+    recorder
+        The :class:`TrainingFlagRecorder` inside ``model``.
+    x, y
+        Data for one epoch of ``fit`` and for ``evaluate``; ``predict`` uses ``x``.
+    batch_size
+        Passed to all three (``None``: Keras's default of 32).
+
+    Returns
+    -------
+    dict
+        ``{"fit": flags, "evaluate": flags, "predict": flags}``, each the
+        distinct ``training`` values the recorder received, in order of first
+        appearance. Progress bars are off (``verbose=0``).
+    """
+    if not isinstance(recorder, TrainingFlagRecorder):
+        raise TypeError(f"recorder must be a TrainingFlagRecorder; got {type(recorder).__name__}.")
+    runs = {
+        "fit": lambda: model.fit(x, y, epochs=1, batch_size=batch_size, verbose=0, shuffle=False),
+        "evaluate": lambda: model.evaluate(x, y, batch_size=batch_size, verbose=0),
+        "predict": lambda: model.predict(x, batch_size=batch_size, verbose=0),
+    }
+    out: dict[str, tuple[bool | None, ...]] = {}
+    for method, run in runs.items():
+        recorder.reset()
+        with _quiet_tf_logger():
+            run()
+        if not recorder.flags:
+            raise RuntimeError(
+                f"the recorder saw no call during {method}: is it inside the model?"
+            )
+        out[method] = _distinct(recorder.flags)
+    recorder.reset()
+    return out
+
+
+# --------------------------------------------------------------------------- #
+# Small models that carry a recorder after their Dropout
+# --------------------------------------------------------------------------- #
+
+PROBE_KINDS: tuple[str, ...] = (
+    "sequential",
+    "functional",
+    "subclassed",
+    "subclassed-no-training-arg",
+)
+
+
+class ProbeModel(keras.Model):
+    """Subclassed model ``Dropout -> TrainingFlagRecorder -> Dense(1)``, done right.
+
+    Its ``call`` accepts ``training`` and passes it on, so ``fit`` can switch
+    dropout on.
+    """
+
+    def __init__(self, rate: float, seed: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.dropout = keras.layers.Dropout(rate, seed=seed)
+        self.recorder = TrainingFlagRecorder()
+        self.head = keras.layers.Dense(1, kernel_initializer=keras.initializers.GlorotUniform(seed))
+
+    def build(self, input_shape: Any) -> None:
+        self.head.build(input_shape)  # Dropout and the recorder keep the shape
+
+    def call(self, x, training=None):
+        return self.head(self.recorder(self.dropout(x, training=training)))
+
+
+class ProbeModelWithoutTrainingArg(ProbeModel):
+    """The same model with the trap: ``call`` takes no ``training`` argument."""
+
+    def call(self, x):
+        return self.head(self.recorder(self.dropout(x)))
+
+
+def probe_model(
+    kind: str,
+    *,
+    rate: float,
+    seed: int,
+    n_features: int,
+    run_eagerly: bool = False,
+) -> tuple[keras.Model, TrainingFlagRecorder]:
+    """Build and compile ``Dropout(rate) -> TrainingFlagRecorder -> Dense(1)``.
+
+    Parameters
+    ----------
+    kind
+        ``"sequential"``, ``"functional"``, ``"subclassed"`` (:class:`ProbeModel`)
+        or ``"subclassed-no-training-arg"`` (:class:`ProbeModelWithoutTrainingArg`).
+    rate
+        Keras's drop probability (keep_prob = 1 - rate).
+    seed
+        Seed of the Dropout layer and of the Dense layer's initializer.
+    n_features
+        Width of the input.
+    run_eagerly
+        Compile with ``run_eagerly=True`` so the recorder also keeps the
+        values it sees during ``fit``.
+
+    Returns
+    -------
+    (model, recorder)
+        The model, compiled with plain SGD and mean squared error, and the
+        recorder inside it (which sees the Dropout layer's output).
+    """
+    if kind not in PROBE_KINDS:
+        raise ValueError(f"kind must be one of {PROBE_KINDS}; got {kind!r}.")
+    if kind in ("subclassed", "subclassed-no-training-arg"):
+        cls = ProbeModel if kind == "subclassed" else ProbeModelWithoutTrainingArg
+        model: keras.Model = cls(rate, seed)
+        model.build((None, n_features))
+        recorder = model.recorder
+    else:
+        dropout = keras.layers.Dropout(rate, seed=seed)
+        recorder = TrainingFlagRecorder()
+        head = keras.layers.Dense(1, kernel_initializer=keras.initializers.GlorotUniform(seed))
+        if kind == "sequential":
+            model = keras.Sequential([keras.Input((n_features,)), dropout, recorder, head])
+        else:
+            inputs = keras.Input((n_features,))
+            model = keras.Model(inputs, head(recorder(dropout(inputs))))
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse", run_eagerly=run_eagerly)
+    return model, recorder
+
+
+# --------------------------------------------------------------------------- #
+# Showing the results
+# --------------------------------------------------------------------------- #
+
+
+def flags_table(flags: dict[str, dict[str, tuple[bool | None, ...]]]) -> str:
+    """A text table of :func:`flags_passed_by` results, one row per model.
+
+    ``flags[model_name][method]`` is the tuple of ``training`` values seen.
+    """
+    methods = ("fit", "evaluate", "predict")
+    width = max(len("model"), *(len(name) for name in flags))
+    lines = [f"{'model':<{width}}  " + "  ".join(f"{m:<8}" for m in methods)]
+    for name, seen in flags.items():
+        cells = ["/".join(str(v) for v in seen[m]) for m in methods]
+        lines.append(f"{name:<{width}}  " + "  ".join(f"{c:<8}" for c in cells))
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def comparison_table(columns: dict[str, ArrayLike], digits: int = 5) -> str:
+    """A fixed-width text table of 1-D arrays of equal length, one column each.
+
+    Values are printed with ``digits`` decimals; signed zeros print as ``0``.
+    """
+    # + 0.0 turns a signed zero (-0.0, e.g. a dropped negative input times 0) into 0.0
+    arrays = {name: np.asarray(col, dtype=np.float64).ravel() + 0.0 for name, col in columns.items()}
+    lengths = {a.size for a in arrays.values()}
+    if len(lengths) != 1:
+        raise ValueError(f"columns must have equal lengths; got {sorted(lengths)}.")
+    widths = {name: max(len(name), digits + 4) for name in arrays}
+    header = "  ".join(f"{name:>{widths[name]}}" for name in arrays)
+    rows = [
+        "  ".join(f"{arrays[name][i]:>{widths[name]}.{digits}f}" for name in arrays)
+        for i in range(lengths.pop())
+    ]
+    return "\n".join([header, *rows])
+
+
+def plot_dropout_maps(
+    x: ArrayLike,
+    train: dict[str, ArrayLike],
+    test: dict[str, ArrayLike],
+    claims: dict[str, float] | None = None,
+):
+    """Plot output against input: training (left panel) and inference (right panel).
+
+    Parameters
+    ----------
+    x
+        Inputs (any shape).
+    train, test
+        ``{"inverted": y, "standard": y}``: outputs of the two layers on ``x``
+        (same shape), drawn as points in the book's colour of each variant.
+    claims
+        ``{label: slope}``: a claimed inference map ``y = slope * x``, drawn as
+        a dashed line on the right panel.
+
+    Returns
+    -------
+    (fig, axes)
+    """
+    from dropout_lib.plotting import COLORS, figure
+
+    labels = {"inverted": "Keras Dropout (inverted)", "standard": "StandardDropout (paper)"}
+    xs = np.asarray(x, dtype=np.float64).ravel()
+    fig, axes = figure(ncols=2, width=7.0, height=3.0, sharey=True)
+    for ax, outputs, title in ((axes[0], train, "training=True"), (axes[1], test, "training=False")):
+        for variant, y in outputs.items():
+            ax.plot(xs, np.asarray(y, dtype=np.float64).ravel(), ".", ms=3,
+                    color=COLORS[variant], label=labels[variant])
+        ax.set_title(title)
+        ax.set_xlabel("input x")
+    for label, slope in (claims or {}).items():
+        grid = np.array([xs.min(), xs.max()])
+        axes[1].plot(grid, slope * grid, "--", color=COLORS["control"], label=label)
+    axes[0].set_ylabel("output")
+    axes[1].legend(loc="lower right")
+    return fig, axes

@@ -1,0 +1,248 @@
+"""Tests of dropout_lib.keras_probe: what the installed Keras executes (result #12).
+
+Notation: Keras's ``rate`` is the drop probability; keep_prob = p = 1 - rate.
+"""
+
+from __future__ import annotations
+
+import math
+
+import dropout_lib  # noqa: F401  (silences TensorFlow before it is imported)
+
+import keras
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dropout_lib import keras_probe as kp
+
+FAST = settings(max_examples=8, deadline=None)
+rates = st.floats(0.05, 0.9)
+dtypes = st.sampled_from(["float32", "float64"])
+seeds = st.integers(0, 2**31 - 1)
+
+
+def normal(shape: tuple[int, ...], dtype: str = "float32", seed: int = 0) -> np.ndarray:
+    """Standard normal entries (never exactly zero at these sizes)."""
+    x = np.random.default_rng(seed).normal(size=shape).astype(dtype)
+    assert np.all(x != 0)
+    return x
+
+
+# --------------------------------------------------------------------------- #
+# source excerpts
+# --------------------------------------------------------------------------- #
+
+
+def test_call_chain_shows_the_functions_that_run():
+    chain = kp.dropout_call_chain()
+    names = [e.name for e in chain]
+    assert names == [
+        "keras.layers.Dropout.call",
+        "keras.src.backend.tensorflow.random.dropout",
+        "tf.nn.experimental.stateless_dropout",
+        "tensorflow.python.ops.nn_ops._dropout",
+    ]
+    call, backend, public, core = chain
+    assert "backend.random.dropout(" in call.text and "return inputs" in call.text
+    assert "tf.nn.experimental.stateless_dropout(" in backend.text
+    assert "return _dropout(" in public.text and '"""' not in public.text
+    assert "scale = 1 / keep_prob" in core.text
+    assert "keep_mask = random_tensor >= rate" in core.text
+    assert core.text.rstrip().endswith("ret = array_ops.where_v2(keep_mask, ret, zero_tensor)")
+    assert call.path == "keras/src/layers/regularization/dropout.py"
+    assert core.path == "tensorflow/python/ops/nn_ops.py"
+    for e in chain:
+        assert len(e.line_numbers) == len(e.text.splitlines())
+        assert list(e.line_numbers) == list(range(e.first_line, e.last_line + 1))
+        head = str(e).splitlines()
+        assert head[0] == f"# {e.name}"
+        assert head[1] == f"# {e.path}, lines {e.first_line}-{e.last_line}"
+        assert e.show(numbered=False) == f"# {e.name}\n{e.text}"
+
+
+def test_trainer_lines_pass_training_only_if_call_accepts_it():
+    lines = kp.trainer_training_lines()
+    assert set(lines) == {"fit", "evaluate", "predict"}
+    assert "self(x, training=True)" in lines["fit"].text
+    for method in ("evaluate", "predict"):
+        assert "self(x, training=False)" in lines[method].text
+    for e in lines.values():
+        assert e.text.splitlines()[0] == "if self._call_has_training_arg:"
+        assert e.text.splitlines()[-1].strip() == "y_pred = self(x)"
+
+
+def _documented(a, b):
+    """Add two numbers.
+
+    A docstring of more than one line.
+    """
+    return a + b
+
+
+def test_source_excerpt_drops_docstring_and_keeps_line_numbers():
+    e = kp.source_excerpt(_documented)
+    assert '"""' not in e.text and "return a + b" in e.text
+    # the gap left by the 4 docstring lines shows in the numbering
+    assert e.line_numbers[1] - e.line_numbers[0] == 5
+    assert e.path == "test_keras_probe.py" or e.path.endswith("test_keras_probe.py")
+    full = kp.source_excerpt(_documented, drop_docstring=False)
+    assert '"""' in full.text
+
+
+def test_source_excerpt_missing_marker_says_the_version_changed():
+    with pytest.raises(LookupError, match="differs from the one the book read"):
+        kp.source_excerpt(_documented, "no such line")
+    with pytest.raises(LookupError, match="does not follow"):
+        kp.source_excerpt(_documented, "return a + b", "def _documented")
+
+
+# --------------------------------------------------------------------------- #
+# the scale, bit for bit
+# --------------------------------------------------------------------------- #
+
+
+def test_inverted_scale_is_the_double_reciprocal_rounded_once():
+    assert kp.inverted_scale(0.5) == np.float32(2.0)
+    assert kp.inverted_scale(0.3, "float64") == 1.0 / (1.0 - 0.3)
+    assert kp.inverted_scale(0.3, "float32") == np.float32(1.0 / 0.7)
+    assert kp.inverted_scale(0.3).dtype == np.float32
+    assert kp.inverted_scale(0) == 1
+
+
+@pytest.mark.parametrize("rate", [1.0, -0.1, math.nan, math.inf])
+def test_inverted_scale_rejects_rates_outside_0_1(rate):
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        kp.inverted_scale(rate)
+
+
+def test_inverted_scale_rejects_bool_and_integer_dtype():
+    with pytest.raises(TypeError):
+        kp.inverted_scale(True)
+    with pytest.raises(TypeError, match="floating"):
+        kp.inverted_scale(0.3, "int32")
+
+
+@FAST
+@given(rate=rates, dtype=dtypes, seed=seeds)
+def test_keras_training_output_is_x_times_rounded_scale_bit_for_bit(rate, dtype, seed):
+    x = normal((32, 16), dtype, seed % 1000)
+    layer = keras.layers.Dropout(rate, seed=seed, dtype=dtype)
+    y = np.asarray(layer(x, training=True))
+    result = kp.assert_inverted_training_output(x, y, rate)
+    assert result.n == x.size and result.exact
+    np.testing.assert_array_equal(y, kp.expected_inverted_output(x, y != 0, rate))
+    assert abs(kp.drop_fraction_z(result.n - result.n_kept, result.n, rate)) < 5
+
+
+def test_check_catches_missing_rescaling_and_division():
+    rate = 0.3
+    x = normal((64, 32))
+    mask = np.random.default_rng(1).random(x.shape) >= rate
+    unscaled = np.where(mask, x, np.float32(0))
+    with pytest.raises(AssertionError, match="no rescaling"):
+        kp.assert_inverted_training_output(x, unscaled, rate)
+    r = kp.check_inverted_training_output(x, unscaled, rate)
+    assert r.n_unscaled == r.n_kept > 0 and r.n_scaled == 0
+    # dividing by fl(1 - rate) differs from multiplying by fl(1/(1 - rate)) somewhere
+    assert kp.division_mismatches(x, rate) > 0
+    divided = np.where(mask, x / np.float32(1 - rate), np.float32(0))
+    with pytest.raises(AssertionError, match="differ from x"):
+        kp.assert_inverted_training_output(x, divided, rate)
+
+
+def test_check_validates_its_inputs():
+    x = normal((4, 3))
+    with pytest.raises(TypeError, match="dtype='float64'"):
+        kp.check_inverted_training_output(x.astype("float64"), x, 0.3)
+    with pytest.raises(ValueError, match="shape"):
+        kp.check_inverted_training_output(x, x[:2], 0.3)
+    with pytest.raises(ValueError, match="zero entries"):
+        kp.check_inverted_training_output(np.zeros((2, 2), "float32"), np.zeros((2, 2), "float32"), 0.3)
+    with pytest.raises(ValueError):
+        kp.drop_fraction_z(3, 10, 0.0)
+
+
+def test_default_dtype_layer_casts_float64_to_float32_and_the_check_says_so():
+    x = normal((8, 8), "float64")
+    y = keras.layers.Dropout(0.3, seed=1)(x, training=True)
+    with pytest.raises(TypeError, match="casts float64 input to float32"):
+        kp.check_inverted_training_output(x, y, 0.3)
+
+
+# --------------------------------------------------------------------------- #
+# inference is the identity; the training flag fit/evaluate/predict pass
+# --------------------------------------------------------------------------- #
+
+
+def test_inference_is_the_identity_call_predict_evaluate():
+    keras.utils.set_random_seed(0)
+    x = normal((40, 6))
+    layer = keras.layers.Dropout(0.3, seed=2)
+    np.testing.assert_array_equal(np.asarray(layer(x, training=False)), x)
+    np.testing.assert_array_equal(np.asarray(layer(x)), x)
+    model = keras.Sequential([keras.Input((6,)), layer])
+    model.compile(loss="mean_absolute_error")
+    np.testing.assert_array_equal(model.predict(x, verbose=0), x)
+    assert model.evaluate(x, x, verbose=0) == 0.0
+
+
+@pytest.mark.parametrize("kind", ["sequential", "functional", "subclassed"])
+def test_fit_passes_true_evaluate_and_predict_pass_false(kind):
+    keras.utils.set_random_seed(0)
+    x = normal((16, 4))
+    model, rec = kp.probe_model(kind, rate=0.3, seed=1, n_features=4)
+    flags = kp.flags_passed_by(model, rec, x, x[:, :1], batch_size=16)
+    assert flags == {"fit": (True,), "evaluate": (False,), "predict": (False,)}
+
+
+def test_subclassed_model_without_training_argument_disables_dropout_in_fit():
+    keras.utils.set_random_seed(0)
+    x = normal((16, 4))
+    model, rec = kp.probe_model("subclassed-no-training-arg", rate=0.3, seed=1, n_features=4)
+    flags = kp.flags_passed_by(model, rec, x, x[:, :1], batch_size=16)
+    assert flags["fit"] == (False,)
+    eager, rec = kp.probe_model(
+        "subclassed-no-training-arg", rate=0.3, seed=1, n_features=4, run_eagerly=True
+    )
+    eager.fit(x, x[:, :1], epochs=1, batch_size=16, shuffle=False, verbose=0)
+    assert rec.flags == [False]
+    np.testing.assert_array_equal(rec.seen[0], x)  # no unit dropped during fit
+
+
+def test_eager_fit_of_a_correct_model_shows_inverted_dropout():
+    keras.utils.set_random_seed(0)
+    x = normal((16, 4))
+    model, rec = kp.probe_model("subclassed", rate=0.3, seed=1, n_features=4, run_eagerly=True)
+    model.fit(x, x[:, :1], epochs=1, batch_size=16, shuffle=False, verbose=0)
+    assert rec.flags == [True]
+    r = kp.assert_inverted_training_output(x, rec.seen[0], 0.3)
+    assert 0 < r.n_kept < r.n
+
+
+def test_recorder_records_direct_calls_and_skips_symbolic_ones():
+    rec = kp.TrainingFlagRecorder()
+    x = normal((2, 3))
+    np.testing.assert_array_equal(np.asarray(rec(x)), x)
+    rec(x, training=True)
+    assert rec.flags == [None, True]
+    np.testing.assert_array_equal(rec.seen[1], x)
+    keras.Sequential([keras.Input((3,)), rec])  # symbolic build: not a data pass
+    assert rec.flags == [None, True]
+    rec.reset()
+    assert rec.flags == [] and rec.seen == []
+
+
+def test_flags_passed_by_validates():
+    model, rec = kp.probe_model("functional", rate=0.3, seed=1, n_features=2)
+    x = normal((4, 2))
+    with pytest.raises(TypeError, match="TrainingFlagRecorder"):
+        kp.flags_passed_by(model, object(), x, x[:, :1])
+    with pytest.raises(RuntimeError, match="inside the model"):
+        kp.flags_passed_by(model, kp.TrainingFlagRecorder(), x, x[:, :1])
+
+
+def test_probe_model_rejects_unknown_kind():
+    with pytest.raises(ValueError, match="kind must be one of"):
+        kp.probe_model("graph", rate=0.3, seed=1, n_features=2)
