@@ -24,7 +24,7 @@ export PYTHONHASHSEED := 0
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: book test refresh clean distclean
+.PHONY: book execute test refresh clean distclean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,13 +46,22 @@ $(MATHJAX): | $(VENV)/.installed
 env: $(VENV)/.installed $(MATHJAX)
 .PHONY: env
 
-book: env
+# Chapters whose sources changed are executed in parallel into Jupyter Book's
+# jupyter-cache; the build then only renders (an unchanged rebuild runs nothing).
+execute: env
+	$(PY) tools/execute_notebooks.py --cache _build/.jupyter_cache $(CHAPTERS)
+
+book: execute
 	$(JB) build . --warningiserror --keep-going
 	@echo "The book: file://$(CURDIR)/_build/html/index.html"
 
-test: env
+# Strict build of every page, then one pytest run on two workers: unit and
+# property tests, strict nbval (each chapter re-executed, every output
+# compared with the stored one) and the browser test of the built pages.
+test: execute
 	$(JB) build . --all -W -n --keep-going
-	DROPOUT_BOOK_BROWSER=required $(PY) -m pytest tests $(CHAPTERS) --nbval --nbval-current-env \
+	DROPOUT_BOOK_BROWSER=required $(PY) -m pytest -n 2 --dist loadfile \
+	    tests $(CHAPTERS) --nbval --nbval-current-env --nbval-cell-timeout 120 \
 	    --nbval-sanitize-with tests/nbval_sanitize.cfg
 
 refresh: env

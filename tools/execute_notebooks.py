@@ -1,4 +1,5 @@
-"""Re-execute chapters in place, deterministically (``make refresh``).
+"""Execute the chapters: in place, deterministically (``make refresh``), or
+into Jupyter Book's execution cache, in parallel (``make book``).
 
 Each notebook is run top to bottom in a fresh kernel started from this
 environment, with its folder as working directory, and written back with:
@@ -10,6 +11,11 @@ environment, with its folder as working directory, and written back with:
 
 Running it twice on unchanged sources gives byte-identical files, so ``git
 diff`` after a refresh shows only real changes in outputs.
+
+With ``--cache DIR`` the notebooks are not rewritten: the outdated ones are
+executed in parallel (one process per core) into the jupyter-cache at DIR, the
+cache Jupyter Book reads with ``execute_notebooks: cache``, so the book build
+that follows finds every chapter executed and only renders it.
 """
 
 from __future__ import annotations
@@ -64,11 +70,41 @@ def execute(path: Path, timeout: int) -> float:
     return elapsed
 
 
+def execute_into_cache(paths: list[Path], cache_dir: Path, timeout: int) -> int:
+    """Execute the outdated notebooks among ``paths`` into the jupyter-cache at ``cache_dir``.
+
+    Returns the number of notebooks that failed, after printing each failure's
+    notebook and traceback.
+    """
+    from jupyter_cache import get_cache
+    from jupyter_cache.executors import load_executor
+
+    cache = get_cache(str(cache_dir))
+    for path in paths:
+        cache.add_nb_to_project(str(path.resolve()))
+    executor = load_executor("local-parallel", cache=cache)
+    start = time.perf_counter()
+    result = executor.run_and_cache(
+        filter_uris=[str(p.resolve()) for p in paths], timeout=timeout, allow_errors=False
+    )
+    elapsed = time.perf_counter() - start
+    failed = result.excepted + result.errored
+    for uri in failed:
+        record = cache.get_project_record(uri)
+        print(f"FAILED {Path(uri).relative_to(Path.cwd())}:\n{record.traceback}", file=sys.stderr)
+    print(f"executed {len(result.succeeded)} outdated chapter(s) in {elapsed:.1f} s; "
+          f"{len(paths) - len(result.succeeded) - len(failed)} already cached; {len(failed)} failed")
+    return len(failed)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("notebooks", nargs="+", type=Path)
     parser.add_argument("--timeout", type=int, default=120, help="seconds per cell")
+    parser.add_argument("--cache", type=Path, help="execute into this jupyter-cache instead of in place")
     args = parser.parse_args(argv)
+    if args.cache is not None:
+        return 1 if execute_into_cache(args.notebooks, args.cache, args.timeout) else 0
     for path in args.notebooks:
         elapsed = execute(path, args.timeout)
         print(f"{path}: executed in {elapsed:.1f} s")

@@ -1,0 +1,690 @@
+"""Convert a Keras model's weights, penalties, constraints, initialisers between variants.
+
+Notation: ``keep_prob`` is the paper's ``p`` (probability of KEEPING a unit);
+Keras's ``rate`` is ``1 - p``. Every function here takes ``keep_prob`` or
+reads ``rate`` off a dropout layer and says so.
+
+The statement
+-------------
+A layer *consumes* dropped units when a dropout's output reaches its linear
+part, ``z = W x + b``, through layers that commute with a positive rescaling.
+The standard (paper's) net feeds it ``p`` times what the inverted (Keras) net
+feeds it, at training time (``m*h`` vs ``m*h/p``) and at test time (``p*h``
+vs ``h``). So, with the same masks, the two nets compute the same function
+iff every consuming kernel satisfies
+
+    ``W_std = W_inv / p``   (biases unchanged: ``b`` is added after ``W x``).
+
+``W_tgt = s * W_src`` with ``s = 1/p`` (``'to_standard'``) or ``s = p``
+(``'to_inverted'``); behind several dropouts in a row ``p`` is the product of
+their keep probabilities.
+
+Which layers are allowed, and why
+---------------------------------
+A tensor in the target net equals ``c`` times the source's (``c`` a positive
+number per tensor, 1 for undropped tensors). The walk over the graph only
+lets ``c`` pass where that is provably exact:
+
+* dropouts (``keras.layers.Dropout`` and subclasses, ``StandardDropout``):
+  ``c -> c * p`` (``'to_standard'``);
+* consumers (``Dense``, ``EinsumDense``, ``Conv*``, ``Conv*Transpose``,
+  ``DepthwiseConv*``: ``kernel``; ``SeparableConv*``: ``depthwise_kernel``):
+  linear in the input, they absorb ``c`` into the kernel, ``c -> 1``;
+* positively homogeneous layers without an offset, ``f(c x) = c f(x)`` for
+  ``c > 0``: reshaping, cropping, zero padding, up-sampling, max and average
+  pooling, ``ReLU`` (no ``max_value``/``threshold``), ``LeakyReLU``,
+  ``PReLU``, ``Activation`` in {relu, leaky_relu, linear}, ``GaussianDropout``
+  (multiplicative noise), ``Identity``: ``c`` unchanged;
+* merges: ``Add``, ``Subtract``, ``Average``, ``Maximum``, ``Minimum``,
+  ``Concatenate`` if all inputs carry the same ``c``; ``Multiply`` and ``Dot``
+  (not normalised) multiply the inputs' ``c``.
+
+Everything else that receives ``c != 1`` is refused with the reason: a
+non-homogeneous activation (``tanh(c x) != c tanh(x)``); normalisation layers
+(``BatchNormalization``, ``LayerNormalization``, ...) divide by
+``sqrt(var + epsilon)`` and are scale-invariant only as ``epsilon -> 0``, with
+no kernel to absorb the rest; additive noise; a merge of a dropped with an
+undropped branch; a layer shared between a dropped and an undropped input;
+a dropped tensor that is a model output.
+
+Hyperparameters tied to the consuming kernels map with the same ``s``
+(derivations in each function): L2 penalty ``l2 / s**2`` (``l2 * p**2`` to
+standard), L1 ``l1 / s``, max-norm ``c * s`` (``c / p``), an initialiser's
+scale ``sigma * s`` (``sigma / p``). Optimizers: :mod:`dropout_lib.mapping`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import keras
+import numpy as np
+from keras import ops
+from numpy.typing import NDArray
+
+from dropout_lib.layers import StandardDropout
+from dropout_lib.mapping import (
+    Direction,
+    NoExactMapError,
+    _keras_scalar,
+    check_direction,
+    kernel_scale,
+)
+
+__all__ = [
+    "Consumer",
+    "NotConvertibleError",
+    "EquivariantMaxNorm",
+    "consumer_kernels",
+    "dropout_consumers",
+    "converted_weights",
+    "convert_weights",
+    "map_l2",
+    "map_l1",
+    "map_max_norm",
+    "map_regularizer",
+    "map_constraint",
+    "map_initializer",
+    "ScaledInitializer",
+]
+
+L = keras.layers
+
+
+class NotConvertibleError(ValueError):
+    """The model's graph has no kernel rescaling that makes the two variants equal."""
+
+
+# ----------------------------------------------------------- layer tables
+
+_CONSUMER_KERNELS: dict[type, tuple[str, ...]] = {
+    L.Dense: ("kernel",),
+    L.EinsumDense: ("kernel",),
+    L.Conv1D: ("kernel",),
+    L.Conv2D: ("kernel",),
+    L.Conv3D: ("kernel",),
+    L.Conv1DTranspose: ("kernel",),
+    L.Conv2DTranspose: ("kernel",),
+    L.Conv3DTranspose: ("kernel",),
+    L.DepthwiseConv1D: ("kernel",),
+    L.DepthwiseConv2D: ("kernel",),
+    # depthwise then pointwise, bias after both: scaling either kernel works;
+    # the depthwise one is the one that touches the dropped input.
+    L.SeparableConv1D: ("depthwise_kernel",),
+    L.SeparableConv2D: ("depthwise_kernel",),
+}
+
+_HOMOGENEOUS: tuple[type, ...] = (
+    L.Flatten, L.Reshape, L.Permute, L.RepeatVector, L.Identity,
+    L.Cropping1D, L.Cropping2D, L.Cropping3D,
+    L.ZeroPadding1D, L.ZeroPadding2D, L.ZeroPadding3D,
+    L.UpSampling1D, L.UpSampling2D, L.UpSampling3D,
+    L.MaxPooling1D, L.MaxPooling2D, L.MaxPooling3D,
+    L.AveragePooling1D, L.AveragePooling2D, L.AveragePooling3D,
+    L.GlobalMaxPooling1D, L.GlobalMaxPooling2D, L.GlobalMaxPooling3D,
+    L.GlobalAveragePooling1D, L.GlobalAveragePooling2D, L.GlobalAveragePooling3D,
+    L.LeakyReLU, L.PReLU, L.GaussianDropout,
+)
+
+_SAME_SCALE_MERGES: tuple[type, ...] = (
+    L.Add, L.Subtract, L.Average, L.Maximum, L.Minimum, L.Concatenate,
+)
+
+_EPSILON_NORMALISERS: tuple[type, ...] = (
+    L.BatchNormalization, L.LayerNormalization, L.GroupNormalization,
+    L.UnitNormalization,
+) + ((L.RMSNormalization,) if hasattr(L, "RMSNormalization") else ())
+
+_HOMOGENEOUS_ACTIVATIONS = (
+    keras.activations.relu, keras.activations.leaky_relu, keras.activations.linear,
+)
+
+
+def _is_dropout(layer: Any) -> bool:
+    return isinstance(layer, (L.Dropout, StandardDropout))
+
+
+def _variant(layer: Any) -> str:
+    return "standard" if isinstance(layer, StandardDropout) else "inverted"
+
+
+def _homogeneous(layer: Any) -> bool:
+    if type(layer) in _HOMOGENEOUS:
+        return True
+    if type(layer) is L.ReLU:
+        return layer.max_value is None and float(layer.threshold) == 0.0
+    if type(layer) is L.Activation:
+        return layer.activation in _HOMOGENEOUS_ACTIVATIONS
+    return False
+
+
+def _refusal(layer: Any, scale: float) -> str:
+    name = f"layer {layer.name!r} ({type(layer).__name__})"
+    head = (
+        f"{name} receives a dropped tensor (the two variants differ there by the "
+        f"factor {scale:.6g}) but "
+    )
+    if isinstance(layer, _EPSILON_NORMALISERS):
+        why = (
+            "normalises by sqrt(variance + epsilon), which is invariant to the "
+            "scale only in the limit epsilon -> 0 (and keeps statistics of the "
+            "scaled input), and it has no kernel to absorb the rest"
+        )
+    elif isinstance(layer, (L.Activation, L.ReLU)):
+        why = (
+            "its activation is not positively homogeneous (f(c x) != c f(x)); only "
+            "relu without max_value/threshold, leaky_relu and linear commute with "
+            "the scale"
+        )
+    elif isinstance(layer, L.GaussianNoise):
+        why = "it adds noise, x + n, which does not scale with x"
+    elif isinstance(layer, L.AlphaDropout):
+        why = "AlphaDropout is affine (it sets dropped units to a constant), not linear"
+    elif isinstance(layer, _SAME_SCALE_MERGES):
+        why = (
+            "it merges inputs that carry different factors (e.g. a dropped and an "
+            "undropped branch), so no single kernel rescaling downstream fits both"
+        )
+    elif isinstance(layer, L.Dot):
+        why = "a normalised Dot divides by norms (with an epsilon)"
+    elif isinstance(layer, keras.Model):
+        why = "it is a nested model; flatten it into the outer model to convert it"
+    elif isinstance(layer, tuple(_CONSUMER_KERNELS)):
+        why = "it uses LoRA or quantisation, whose kernel is not a single rescalable tensor"
+    else:
+        why = (
+            "it is not known to commute with a positive rescaling of its input "
+            "and has no kernel this module knows how to rescale"
+        )
+    return (
+        head + why + ". Move the dropout so that a Dense/Conv layer consumes it "
+        "directly, or keep this model on one dropout variant."
+    )
+
+
+# -------------------------------------------------------------- the walk
+
+
+@dataclass(frozen=True)
+class Consumer:
+    """A layer whose kernel(s) absorb the dropout factor.
+
+    Attributes
+    ----------
+    layer
+        The consuming layer.
+    variables
+        The kernel variable(s) to rescale: ``W_tgt = s * W_src``.
+    keep_prob
+        ``p``, the keep probability of the dropout feeding it (Keras's rate
+        is ``1 - p``); the product of keep probabilities behind several
+        dropouts. ``s = 1/p`` to standard, ``p`` to inverted.
+    """
+
+    layer: keras.layers.Layer
+    variables: tuple[Any, ...]
+    keep_prob: float
+
+
+def consumer_kernels(layer: keras.layers.Layer) -> tuple[Any, ...]:
+    """The kernel variable(s) of ``layer`` that absorb a rescaled input.
+
+    Raises
+    ------
+    NotConvertibleError
+        If ``layer`` is not a linear layer with a known kernel (exact class),
+        is unbuilt, or uses LoRA or quantisation.
+    """
+    names = _CONSUMER_KERNELS.get(type(layer))
+    if names is None:
+        raise NotConvertibleError(
+            f"layer {layer.name!r} ({type(layer).__name__}) is not a supported "
+            "consumer; supported: " + ", ".join(c.__name__ for c in _CONSUMER_KERNELS)
+        )
+    if not layer.built:
+        raise NotConvertibleError(f"layer {layer.name!r} is not built; build the model first.")
+    if getattr(layer, "lora_enabled", False) or getattr(layer, "quantization_mode", None):
+        raise NotConvertibleError(_refusal(layer, float("nan")))
+    return tuple(getattr(layer, n) for n in names)
+
+
+def _close(a: float, b: float) -> bool:
+    return math.isclose(a, b, rel_tol=1e-12)
+
+
+class _Walk:
+    """Propagate the per-tensor keep factor through a model graph."""
+
+    def __init__(self) -> None:
+        self.calls: dict[int, tuple[keras.layers.Layer, list[float]]] = {}
+        self.order: list[int] = []
+
+    def layer_out(self, layer: Any, ins: list[float]) -> float:
+        """The factor of the layer's outputs given its inputs' factors."""
+        if isinstance(layer, L.InputLayer):
+            return 1.0
+        if _is_dropout(layer):
+            (c,) = ins
+            return c * (1.0 - float(layer.rate))
+        if type(layer) in _CONSUMER_KERNELS:
+            if not all(_close(c, ins[0]) for c in ins):
+                raise NotConvertibleError(_refusal(layer, ins[0]))
+            if id(layer) not in self.calls:
+                self.calls[id(layer)] = (layer, [])
+                self.order.append(id(layer))
+            self.calls[id(layer)][1].append(ins[0])
+            if not _close(ins[0], 1.0):
+                consumer_kernels(layer)  # LoRA / quantisation / unbuilt checks
+            return 1.0
+        if all(_close(c, 1.0) for c in ins):
+            if isinstance(layer, keras.Model) and any(
+                _is_dropout(sub) for sub in layer._flatten_layers(include_self=False)
+            ):
+                raise NotConvertibleError(_refusal(layer, 1.0))
+            return 1.0
+        if _homogeneous(layer):
+            (c,) = ins
+            return c
+        if type(layer) in _SAME_SCALE_MERGES and all(_close(c, ins[0]) for c in ins):
+            return ins[0]
+        if type(layer) is L.Multiply or (type(layer) is L.Dot and not layer.normalize):
+            return math.prod(ins)
+        worst = next(c for c in ins if not _close(c, 1.0))
+        raise NotConvertibleError(_refusal(layer, worst))
+
+    def consumers(self) -> list[Consumer]:
+        out = []
+        for key in self.order:
+            layer, factors = self.calls[key]
+            if any(_close(c, 1.0) for c in factors) and not all(_close(c, 1.0) for c in factors):
+                raise NotConvertibleError(
+                    f"layer {layer.name!r} is called on a dropped input and on an "
+                    "undropped one: its kernel is shared, and no single rescaling "
+                    "serves both calls (no reparameterisation exists)."
+                )
+            if not all(_close(c, factors[0]) for c in factors):
+                raise NotConvertibleError(
+                    f"layer {layer.name!r} is called on inputs behind different "
+                    f"dropout keep probabilities {factors}: its shared kernel cannot "
+                    "be rescaled for all of them."
+                )
+            if not _close(factors[0], 1.0):
+                out.append(Consumer(layer, consumer_kernels(layer), factors[0]))
+        return out
+
+
+def _check_outputs(factors: list[float]) -> None:
+    for c in factors:
+        if not _close(c, 1.0):
+            raise NotConvertibleError(
+                "a model output is a dropped tensor that no Dense/Conv layer "
+                f"consumes: the two variants' outputs differ by the factor {c:.6g} "
+                "and there is no kernel to absorb it. End the model with a "
+                "consuming layer after the last dropout."
+            )
+
+
+def dropout_consumers(model: keras.Model) -> list[Consumer]:
+    """Find every layer whose kernel must be rescaled between the variants.
+
+    Walks a built ``keras.Sequential`` or functional ``keras.Model`` (the
+    graph of inbound nodes), tracking per tensor the factor between the two
+    variants (``keep_prob`` products). Works on either twin: the answer does
+    not depend on which dropout class the model uses.
+
+    Returns
+    -------
+    list of Consumer
+        In graph order; empty if the model has no dropout.
+
+    Raises
+    ------
+    NotConvertibleError
+        If a dropped tensor reaches a layer that cannot pass or absorb the
+        factor (module docstring), or a model output.
+    TypeError
+        For subclassed models, whose graph cannot be read: pass
+        ``consuming_layers`` and ``keep_prob`` to the functions that take them.
+    """
+    if not model.built:
+        raise NotConvertibleError(
+            f"model {model.name!r} is not built; call it on data or give it an Input."
+        )
+    walk = _Walk()
+    if isinstance(model, keras.Sequential):
+        c = 1.0
+        for layer in model.layers:
+            c = walk.layer_out(layer, [c])
+        _check_outputs([c])
+        return walk.consumers()
+    if not hasattr(model, "_nodes_by_depth"):
+        raise TypeError(
+            f"{type(model).__name__} is a subclassed model: its graph cannot be read. "
+            "Rebuild it as a Sequential or functional model, or pass the consuming "
+            "layers and keep_prob explicitly."
+        )
+    factor: dict[int, float] = {}
+    for depth in sorted(model._nodes_by_depth, reverse=True):
+        for node in model._nodes_by_depth[depth]:
+            ins = [factor.get(id(t), 1.0) for t in node.input_tensors]
+            layer = node.operation
+            if not isinstance(layer, keras.layers.Layer):
+                if all(_close(c, 1.0) for c in ins):
+                    out = 1.0
+                else:
+                    raise NotConvertibleError(
+                        f"operation {getattr(layer, 'name', layer)!r} "
+                        f"({type(layer).__name__}) receives a dropped tensor; only "
+                        "known Keras layers are allowed on a dropped path."
+                    )
+            else:
+                out = walk.layer_out(layer, ins or [1.0])
+            for t in node.outputs:
+                factor[id(t)] = out
+    _check_outputs([factor.get(id(t), 1.0) for t in model.outputs])
+    return walk.consumers()
+
+
+# --------------------------------------------------------- the weights
+
+
+def converted_weights(model: keras.Model, direction: Direction) -> list[NDArray]:
+    """``model.get_weights()`` with every consuming kernel rescaled for the other variant.
+
+    ``'to_standard'``: ``model`` uses ``keras.layers.Dropout``; kernels become
+    ``W / p``. ``'to_inverted'``: ``model`` uses the paper's dropout; kernels
+    become ``p * W``. Biases and all other weights are copied unchanged.
+    Load the result with ``twin.set_weights(...)``.
+    """
+    check_direction(direction)
+    scale: dict[int, float] = {}
+    for consumer in dropout_consumers(model):
+        s = kernel_scale(consumer.keep_prob, direction)
+        for v in consumer.variables:
+            scale[id(v)] = s
+    return [
+        w * scale[id(v)] if id(v) in scale else w
+        for v, w in zip(model.weights, model.get_weights())
+    ]
+
+
+def _dropouts(model: keras.Model) -> list[Any]:
+    return [layer for layer in model._flatten_layers(include_self=False) if _is_dropout(layer)]
+
+
+def convert_weights(model_src: keras.Model, model_dst: keras.Model, direction: Direction) -> None:
+    """Set ``model_dst``'s weights so it computes ``model_src``'s function in the other variant.
+
+    Parameters
+    ----------
+    model_src, model_dst
+        Twins built the same way, except that ``model_src`` uses one dropout
+        variant and ``model_dst`` the other, with the same Keras ``rate``
+        (drop probability ``1 - p``) at each position.
+    direction
+        ``'to_standard'``: ``model_src`` uses ``keras.layers.Dropout``,
+        ``model_dst`` ``StandardDropout``; ``'to_inverted'``: the reverse.
+
+    Only weights change. Regularizers, constraints and initialisers of the
+    consuming kernels are the twin's own: build the twin with
+    :func:`map_regularizer`, :func:`map_constraint`, :func:`map_initializer`
+    for the two nets to train alike (and an optimizer from
+    :func:`dropout_lib.mapping.mapped_multi_optimizer`).
+
+    Raises
+    ------
+    ValueError
+        If the twins do not match (layer classes, rates, weight shapes) or a
+        dropout has the wrong variant for ``direction``.
+    NotConvertibleError
+        If the graph admits no exact conversion (see :func:`dropout_consumers`).
+    """
+    check_direction(direction)
+    want_src, want_dst = (
+        ("inverted", "standard") if direction == "to_standard" else ("standard", "inverted")
+    )
+    pairs = ((model_src, want_src, "model_src"), (model_dst, want_dst, "model_dst"))
+    for model, want, role in pairs:
+        for layer in _dropouts(model):
+            if _variant(layer) != want:
+                raise ValueError(
+                    f"{role} has {_variant(layer)} dropout {layer.name!r} "
+                    f"({type(layer).__name__}), but direction={direction!r} needs "
+                    f"{want} dropout there (keras.layers.Dropout is inverted, "
+                    "dropout_lib.layers.StandardDropout is standard)."
+                )
+    layers_src = model_src._flatten_layers(include_self=False)
+    layers_dst = model_dst._flatten_layers(include_self=False)
+    if len(layers_src) != len(layers_dst):
+        raise ValueError(
+            f"the twins differ: {len(layers_src)} layers in model_src, "
+            f"{len(layers_dst)} in model_dst."
+        )
+    for a, b in zip(layers_src, layers_dst):
+        if _is_dropout(a) and _is_dropout(b):
+            if not math.isclose(float(a.rate), float(b.rate), rel_tol=0, abs_tol=1e-15):
+                raise ValueError(
+                    f"dropout {a.name!r} has rate {a.rate} but its twin {b.name!r} "
+                    f"has rate {b.rate}; rate is Keras's DROP probability (1 - p) "
+                    "and must be equal in both."
+                )
+        elif type(a) is not type(b):
+            raise ValueError(
+                f"the twins differ: layer {a.name!r} is {type(a).__name__} in "
+                f"model_src but {b.name!r} is {type(b).__name__} in model_dst."
+            )
+    weights = converted_weights(model_src, direction)
+    if len(weights) != len(model_dst.weights) or any(
+        tuple(w.shape) != tuple(v.shape) for w, v in zip(weights, model_dst.weights)
+    ):
+        raise ValueError("the twins' weights differ in number or shape.")
+    src_pos = [layers_src.index(c.layer) for c in dropout_consumers(model_src)]
+    dst_pos = [layers_dst.index(c.layer) for c in dropout_consumers(model_dst)]
+    if src_pos != dst_pos:
+        raise ValueError("the twins' graphs differ: their consuming layers do not match.")
+    model_dst.set_weights(weights)
+
+
+# ------------------------------------------------ penalties and constraints
+
+
+def map_l2(l2: float, keep_prob: float, direction: Direction) -> float:
+    """Map the factor of an L2 penalty ``l2 * ||W||^2`` on a consuming kernel.
+
+    ``l2' * ||s W||^2 = l2 * ||W||^2`` iff ``l2' = l2 / s**2``: ``l2 * p**2``
+    to standard, ``l2 / p**2`` to inverted. The penalty's gradient
+    ``2 l2' s W = (2 l2 W) / s`` then rescales like the data gradient.
+    ``keep_prob`` is ``p``, not Keras's ``rate``.
+    """
+    return float(l2) / kernel_scale(keep_prob, direction) ** 2
+
+
+def map_l1(l1: float, keep_prob: float, direction: Direction) -> float:
+    """Map the factor of an L1 penalty ``l1 * sum|W|``: ``l1 / s`` (``l1 * p`` to standard)."""
+    return float(l1) / kernel_scale(keep_prob, direction)
+
+
+def map_max_norm(max_value: float, keep_prob: float, direction: Direction) -> float:
+    """Map a max-norm bound ``||w|| <= c`` on a consuming kernel: ``c * s`` (``c / p`` to standard).
+
+    ``||s w|| <= s c`` iff ``||w|| <= c``, and the projection
+    ``w * min(1, c/||w||)`` commutes with the scale (:class:`EquivariantMaxNorm`).
+    """
+    if not (isinstance(max_value, (int, float)) and max_value > 0):
+        raise ValueError(f"max_value must be a positive number; got {max_value!r}.")
+    return float(max_value) * kernel_scale(keep_prob, direction)
+
+
+def _exact(value: Any, factor: float) -> np.float64:
+    # Keras regularizers multiply by ops.cast(self.l2, x.dtype): a Python
+    # float goes through float32 there, a numpy.float64 does not.
+    return np.float64(_keras_scalar(value) * factor)
+
+
+def map_regularizer(regularizer: Any, keep_prob: float, direction: Direction) -> Any:
+    """Map a kernel regularizer of a consuming layer (``None`` maps to ``None``).
+
+    ``L2(l2) -> L2(l2 / s**2)``, ``L1(l1) -> L1(l1 / s)``, ``L1L2`` both;
+    ``s = 1/p`` to standard (so ``l2 * p**2``), ``p`` to inverted. The factors
+    are stored as ``numpy.float64`` so the float64 penalty is exact.
+
+    Raises
+    ------
+    NoExactMapError
+        For any other regularizer (no map derived).
+    """
+    s = kernel_scale(keep_prob, direction)
+    if regularizer is None:
+        return None
+    if isinstance(regularizer, str):
+        regularizer = keras.regularizers.get(regularizer)
+    kind = type(regularizer)
+    if kind is keras.regularizers.L2:
+        new = keras.regularizers.L2(map_l2(regularizer.l2, keep_prob, direction))
+        new.l2 = _exact(regularizer.l2, 1.0 / s**2)
+        return new
+    if kind is keras.regularizers.L1:
+        new = keras.regularizers.L1(map_l1(regularizer.l1, keep_prob, direction))
+        new.l1 = _exact(regularizer.l1, 1.0 / s)
+        return new
+    if kind is keras.regularizers.L1L2:
+        new = keras.regularizers.L1L2(
+            l1=map_l1(regularizer.l1, keep_prob, direction),
+            l2=map_l2(regularizer.l2, keep_prob, direction),
+        )
+        new.l1 = _exact(regularizer.l1, 1.0 / s)
+        new.l2 = _exact(regularizer.l2, 1.0 / s**2)
+        return new
+    raise NoExactMapError(
+        f"no map derived for the regularizer {kind.__name__}; supported: L1, L2, L1L2."
+    )
+
+
+@keras.saving.register_keras_serializable(package="dropout_lib")
+class EquivariantMaxNorm(keras.constraints.Constraint):
+    """Max-norm projection ``w * min(1, c / ||w||)`` without an epsilon.
+
+    Parameters
+    ----------
+    max_value
+        The bound ``c`` on the norm of each slice along ``axis``.
+    axis
+        As ``keras.constraints.MaxNorm``: 0 constrains each column of a
+        Dense kernel (the weights into one unit).
+
+    Unlike ``keras.constraints.MaxNorm``, which returns
+    ``w * clip(||w||, 0, c) / (1e-7 + ||w||)`` and so shrinks every slice a
+    little on every step, this leaves slices with ``||w|| <= c`` untouched
+    and satisfies ``EquivariantMaxNorm(s c)(s w) = s EquivariantMaxNorm(c)(w)``
+    exactly, which the dropout map needs. A zero slice stays zero
+    (``c / 0 = inf``, ``min(1, inf) = 1``).
+    """
+
+    def __init__(self, max_value: float = 2.0, axis: int | tuple[int, ...] = 0) -> None:
+        if not (isinstance(max_value, (int, float)) and max_value > 0):
+            raise ValueError(f"max_value must be a positive number; got {max_value!r}.")
+        self.max_value = float(max_value)
+        self.axis = axis
+
+    def __call__(self, w: Any) -> Any:
+        w = ops.convert_to_tensor(w)
+        norms = ops.sqrt(ops.sum(ops.square(w), axis=self.axis, keepdims=True))
+        return w * ops.minimum(1.0, ops.divide(self.max_value, norms))
+
+    def get_config(self) -> dict[str, Any]:
+        return {"max_value": self.max_value, "axis": self.axis}
+
+
+def map_constraint(constraint: Any, keep_prob: float, direction: Direction) -> Any:
+    """Map a kernel constraint of a consuming layer (``None`` maps to ``None``).
+
+    ``EquivariantMaxNorm(c) -> EquivariantMaxNorm(c * s)`` (``c / p`` to
+    standard); ``NonNeg`` is unchanged (the sign is scale-free).
+
+    Raises
+    ------
+    NoExactMapError
+        For ``keras.constraints.MaxNorm``: its ``1e-7`` in
+        ``w * clip(n, 0, c) / (1e-7 + n)`` does not scale with ``w``, so the
+        mapped constraint differs by a relative ``~1e-7 / ||w||`` per step;
+        use :class:`EquivariantMaxNorm`. Also for ``UnitNorm``/``MinMaxNorm``
+        (they fix the norm, or carry the same epsilon) and unknown constraints.
+    """
+    s = kernel_scale(keep_prob, direction)
+    if constraint is None:
+        return None
+    if isinstance(constraint, str):
+        constraint = keras.constraints.get(constraint)
+    kind = type(constraint)
+    if kind is EquivariantMaxNorm:
+        return EquivariantMaxNorm(constraint.max_value * s, axis=constraint.axis)
+    if kind is keras.constraints.NonNeg:
+        return keras.constraints.NonNeg()
+    if kind is keras.constraints.MaxNorm:
+        raise NoExactMapError(
+            "keras.constraints.MaxNorm computes w * clip(||w||, 0, c) / (epsilon + "
+            "||w||) with epsilon = keras.config.epsilon() (1e-7), which does not "
+            "scale with w: MaxNorm(c*s)(s*w) != s*MaxNorm(c)(w) by a relative "
+            "~1e-7/||w|| per step (and it shrinks every column a little on every "
+            "step, even within the bound). Use "
+            "dropout_lib.conversion.EquivariantMaxNorm(c) in both nets; it maps "
+            "exactly with max_value * s."
+        )
+    raise NoExactMapError(
+        f"no exact map for the constraint {kind.__name__}: supported are "
+        "EquivariantMaxNorm and NonNeg (UnitNorm fixes the norm, which a rescaled "
+        "kernel cannot keep; MinMaxNorm carries MaxNorm's epsilon)."
+    )
+
+
+# ------------------------------------------------------------ initialisers
+
+
+@keras.saving.register_keras_serializable(package="dropout_lib")
+class ScaledInitializer(keras.initializers.Initializer):
+    """Draw ``factor * base(shape, dtype)``.
+
+    Parameters
+    ----------
+    base
+        Any Keras initializer (object, name or config).
+    factor
+        Positive multiplier ``s``.
+
+    ``ScaledInitializer(RandomNormal(mean, sigma), s)`` is ``N(s*mean,
+    (s*sigma)**2)``; a ``VarianceScaling(scale)`` becomes
+    ``VarianceScaling(scale * s**2)`` in distribution. Multiplying the draws,
+    rather than rebuilding the initializer with scaled parameters, keeps a
+    seeded twin draw-for-draw equal to ``s`` times the source: Keras passes
+    some distribution parameters through float32 (``tf.cast`` of the uniform
+    bounds), which would put a relative 1e-8 between the two draws.
+    """
+
+    def __init__(self, base: Any, factor: float) -> None:
+        if not (isinstance(factor, (int, float)) and math.isfinite(factor) and factor > 0):
+            raise ValueError(f"factor must be a positive finite number; got {factor!r}.")
+        self.base = keras.initializers.get(base)
+        self.factor = float(factor)
+
+    def __call__(self, shape: Any, dtype: Any = None) -> Any:
+        return ops.multiply(self.base(shape, dtype=dtype), self.factor)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"base": keras.initializers.serialize(self.base), "factor": self.factor}
+
+
+def map_initializer(initializer: Any, keep_prob: float, direction: Direction) -> ScaledInitializer:
+    """Map a consuming kernel's initialiser: ``sigma -> sigma * s`` (``sigma / p`` to standard).
+
+    Returns ``ScaledInitializer(initializer, s)``, whose draws are ``s`` times
+    the source's (same seed: the same draws, scaled), so its distribution is
+    the source's with every scale parameter times ``s`` (a normal's mean and
+    std, a uniform's bounds, a ``VarianceScaling``'s ``scale`` times ``s**2``).
+    ``s = 1/p`` to standard, ``p`` to inverted; ``keep_prob`` is ``p``, not
+    Keras's ``rate``. A seedless initializer draws new values on each call,
+    so only a seeded one gives draw-for-draw twins.
+    """
+    s = kernel_scale(keep_prob, direction)
+    return ScaledInitializer(keras.initializers.get(initializer), s)

@@ -1,0 +1,724 @@
+"""Map a Keras optimizer between inverted and standard dropout, exactly.
+
+Notation: ``keep_prob`` is the paper's ``p`` (probability of KEEPING a unit);
+Keras's ``rate`` is ``1 - p``. Every function here takes ``keep_prob``.
+
+The reparameterisation
+----------------------
+Let a layer consume dropped units, ``z = W d(h) + b``. Inverted dropout
+(Keras) feeds it ``m*h/p``, standard dropout (the paper's) ``m*h``. With the
+same masks both nets compute the same function when the consuming kernel is
+rescaled, ``W_std = W_inv / p``, and everything else (biases included) is
+equal. Write ``W_tgt = s * W_src`` for the net we map TO:
+
+* ``direction="to_standard"`` (inverted -> standard): ``s = 1/p``;
+* ``direction="to_inverted"`` (standard -> inverted): ``s = p``.
+
+The chain rule then gives ``g_tgt = g_src / s`` for the consuming kernel and
+identical gradients everywhere else. So an optimizer applied to the target's
+consuming kernel reproduces the source trajectory iff, fed ``g/s`` and
+``s*W`` (and its state in the matching scale), its update is ``s`` times the
+source update. Each built-in Keras optimizer was read line by line
+(``keras/src/optimizers/*.py``, Keras 3.15.1) to find the hyperparameters
+that make this hold. Induction over steps: if the state is in the matching
+scale before a step, it is after it.
+
+The table (``to_standard``, i.e. ``s = 1/p``; ``to_inverted`` is the inverse:
+replace ``p`` by ``1/p``). ``q = -learning_rate_power`` for Ftrl.
+
+=========================  ====================  =====================================
+optimizer                  learning rate         other hyperparameters
+=========================  ====================  =====================================
+SGD, momentum, nesterov    ``lr / p**2``         none (the update is linear in ``g``)
+Adam, AdamW, amsgrad       ``lr / p``            ``epsilon * p`` (outside the sqrt)
+Adamax                     ``lr / p``            ``epsilon * p`` (added to ``u``)
+Nadam                      ``lr / p``            ``epsilon * p`` (outside the sqrt)
+RMSprop, centered,         ``lr / p``            ``epsilon * p**2`` (inside the sqrt)
+momentum
+Adagrad                    ``lr / p``            ``epsilon * p**2`` (inside the sqrt),
+                                                 ``initial_accumulator_value * p**2``
+Adadelta                   ``lr / p**2``         ``epsilon * p**2`` (both RMS terms)
+Ftrl                       ``lr * p**(2q-2)``    ``initial_accumulator_value * p**2``,
+                                                 ``l1 * p``, ``l2 * p**2``,
+                                                 ``l2_shrinkage * p**2``,
+                                                 ``beta * p**(2q)``
+Lion                       ``lr / p``            none (``sign`` is scale-invariant)
+Lamb                       ``lr`` (unchanged)    ``epsilon * p``; the trust ratio
+                                                 ``||W|| / ||u||`` carries the ``1/p``
+Adafactor                  ``lr`` (unchanged)    ``epsilon_1 * p**2``, ``epsilon_2 / p``
+                                                 (its step is relative to ``RMS(W)``)
+ScheduleFreeAdamW          ``lr / p``            ``epsilon * p`` (the state is linear)
+Muon                       ``lr / p``            AdamW branch: ``epsilon * p``,
+                                                 ``adam_weight_decay * p``; RAISES
+                                                 on the Newton-Schulz branch
+LossScaleOptimizer         inner mapped          ``initial_scale``,
+                                                 ``dynamic_growth_steps`` unchanged
+=========================  ====================  =====================================
+
+Options of the base optimizer (all optimizers; ``k = lr_tgt / lr_src`` from
+the table above):
+
+===============================  ==============================================
+option                           map
+===============================  ==============================================
+``LearningRateSchedule``         wrapped: ``k * schedule(step)``
+callable learning rate           wrapped: ``k * f()``
+``weight_decay``                 ``wd / k`` (Keras decays ``W -= W*wd*lr``, so
+                                 ``wd*lr`` must be unchanged): SGD, Adadelta
+                                 ``wd * p**2``; Adam-like, Lion, ScheduleFree,
+                                 Muon ``wd * p``; Lamb, Adafactor unchanged;
+                                 Ftrl ``wd * p**(2-2q)``
+``clipnorm`` (per tensor)        ``clipnorm * p``
+``clipvalue`` (per element)      ``clipvalue * p``
+``global_clipnorm``              RAISES: the global norm mixes rescaled and
+                                 unrescaled gradients
+``use_ema``, ``ema_momentum``,   unchanged (the average is linear in ``W``)
+``ema_overwrite_frequency``
+``gradient_accumulation_steps``  unchanged (the mean is linear in ``g``)
+``loss_scale_factor``            unchanged (both nets have the same loss)
+===============================  ==============================================
+
+No exact map exists for ``global_clipnorm`` and for Muon's Newton-Schulz step
+(its normalisation ``M / (||M||_F + 1e-7)`` hard-codes an epsilon that no
+hyperparameter reaches); those raise :class:`NoExactMapError` rather than
+return an approximation. So do optimizer classes whose source was not read
+(subclasses included: they may override the update).
+
+Float64 exactness
+-----------------
+Keras casts some hyperparameters with ``ops.cast(value, variable.dtype)``,
+which sends a Python float through float32 (``weight_decay``; Adagrad's and
+Ftrl's ``initial_accumulator_value`` via ``initializers.Constant``;
+ScheduleFreeAdamW's ``epsilon``; Adafactor's ``epsilon_2``). The map reads the
+value Keras actually uses and stores the mapped one as ``numpy.float64``,
+which the cast keeps. The learning rate lives in a variable of
+``keras.config.floatx()``: for float64 exactness set ``floatx`` to
+``"float64"`` before creating the optimizers.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Literal
+
+import keras
+import numpy as np
+from keras import ops
+
+from dropout_lib.reference import check_keep_prob
+
+__all__ = [
+    "DIRECTIONS",
+    "Direction",
+    "NoExactMapError",
+    "ScaledLearningRateSchedule",
+    "kernel_scale",
+    "map_optimizer",
+    "to_standard",
+    "to_inverted",
+    "clone_optimizer",
+    "mapped_multi_optimizer",
+]
+
+Direction = Literal["to_standard", "to_inverted"]
+DIRECTIONS: tuple[Direction, ...] = ("to_standard", "to_inverted")
+
+_O = keras.optimizers
+
+
+class NoExactMapError(ValueError):
+    """No hyperparameters of the same optimizer reproduce the other variant exactly.
+
+    Raised instead of returning an approximation; the message says why and
+    what to do instead.
+    """
+
+
+# ----------------------------------------------------------------- helpers
+
+
+def check_direction(direction: str) -> Direction:
+    """Return ``direction`` after checking it is ``'to_standard'`` or ``'to_inverted'``."""
+    if direction not in DIRECTIONS:
+        raise ValueError(
+            f"direction must be 'to_standard' (the source net uses Keras's inverted "
+            f"dropout, the target the paper's) or 'to_inverted' (the reverse); got "
+            f"{direction!r}."
+        )
+    return direction  # type: ignore[return-value]
+
+
+def kernel_scale(keep_prob: float, direction: Direction) -> float:
+    """Return ``s`` with ``W_target = s * W_source`` for a consuming kernel.
+
+    ``s = 1/keep_prob`` for ``'to_standard'`` (``W_std = W_inv / p``) and
+    ``s = keep_prob`` for ``'to_inverted'``. ``keep_prob`` is the keep
+    probability ``p``, not Keras's ``rate = 1 - p``.
+    """
+    p = check_keep_prob(keep_prob)
+    return 1.0 / p if check_direction(direction) == "to_standard" else p
+
+
+def _keras_scalar(value: Any) -> float:
+    """The value Keras computes with, ``ops.cast(value, 'float64')``.
+
+    A Python float passes through float32 (0.1 -> 0.10000000149011612); a
+    ``numpy.float64`` does not.
+    """
+    return float(ops.convert_to_numpy(ops.cast(value, "float64")))
+
+
+def _scaled_cast(value: Any, factor: float) -> Any:
+    """Map a hyperparameter Keras reads through ``ops.cast``: keep it float64."""
+    if value is None:
+        return None
+    return np.float64(_keras_scalar(value) * factor)
+
+
+def _scaled(value: Any, factor: float) -> Any:
+    """Map a hyperparameter Keras uses as a Python scalar (exact in float64)."""
+    if value is None:
+        return None
+    return float(value) * factor
+
+
+@keras.saving.register_keras_serializable(package="dropout_lib")
+class ScaledLearningRateSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """``factor * schedule(step)``, computed in float64.
+
+    Parameters
+    ----------
+    schedule
+        Any ``keras.optimizers.schedules.LearningRateSchedule``.
+    factor
+        Positive multiplier (e.g. ``1/p**2`` for SGD, ``1/p`` for Adam).
+
+    Keras's built-in schedules return float32 (they convert a Python float
+    ``initial_learning_rate`` to a float32 tensor); multiplying in float64
+    keeps ``factor * schedule(step)`` exact relative to what the source
+    optimizer uses.
+    """
+
+    def __init__(
+        self,
+        schedule: keras.optimizers.schedules.LearningRateSchedule,
+        factor: float,
+    ) -> None:
+        if isinstance(schedule, dict):  # from_config
+            schedule = keras.optimizers.schedules.deserialize(schedule)
+        if not isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
+            raise TypeError(
+                f"schedule must be a keras LearningRateSchedule; got {schedule!r}."
+            )
+        if not (isinstance(factor, (int, float)) and math.isfinite(factor) and factor > 0):
+            raise ValueError(f"factor must be a positive finite number; got {factor!r}.")
+        self.schedule = schedule
+        self.factor = float(factor)
+
+    def __call__(self, step: Any) -> Any:
+        return ops.multiply(ops.cast(self.schedule(step), "float64"), self.factor)
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "schedule": keras.optimizers.schedules.serialize(self.schedule),
+            "factor": self.factor,
+        }
+
+
+class _ScaledCallable:
+    """``factor * fn()`` for a no-argument learning-rate callable."""
+
+    def __init__(self, fn: Callable[[], Any], factor: float) -> None:
+        self.fn = fn
+        self.factor = float(factor)
+
+    def __call__(self) -> Any:
+        return ops.multiply(ops.cast(self.fn(), "float64"), self.factor)
+
+    def __repr__(self) -> str:
+        return f"_ScaledCallable({self.fn!r}, factor={self.factor!r})"
+
+
+def _scaled_learning_rate(optimizer: keras.optimizers.Optimizer, factor: float) -> Any:
+    """The source learning rate times ``factor``, in the source's form."""
+    lr = optimizer._learning_rate
+    if isinstance(lr, keras.optimizers.schedules.LearningRateSchedule):
+        return lr if factor == 1.0 else ScaledLearningRateSchedule(lr, factor)
+    if isinstance(lr, keras.Variable):
+        # The value the source uses (float32 if floatx was float32 at creation).
+        return float(ops.convert_to_numpy(lr)) * factor
+    if callable(lr):
+        return lr if factor == 1.0 else _ScaledCallable(lr, factor)
+    raise TypeError(f"unsupported learning rate {lr!r} on {optimizer.name}.")
+
+
+def _base_config(optimizer: keras.optimizers.Optimizer) -> dict[str, Any]:
+    """The optimizer's constructor arguments (learning rate as an object, no name)."""
+    with warnings.catch_warnings():
+        # get_config serialises a lambda learning rate (and warns); it is
+        # replaced by the object itself below.
+        warnings.filterwarnings("ignore", message="The object being serialized includes")
+        config = optimizer.get_config()
+    config.pop("name", None)
+    config["learning_rate"] = _scaled_learning_rate(optimizer, 1.0)
+    return config
+
+
+def _check_weight_decay_exclusions(optimizer: keras.optimizers.Optimizer) -> None:
+    if getattr(optimizer, "_exclude_from_weight_decay", None):
+        raise ValueError(
+            f"{type(optimizer).__name__} excludes variables from weight decay by "
+            "object (exclude_from_weight_decay(var_list=...)); those are the source "
+            "model's variables and cannot be carried over to another model. Use "
+            "exclude_from_weight_decay(var_names=[...]) instead, which is copied."
+        )
+
+
+def _copy_weight_decay_exclusions(src: Any, dst: Any) -> None:
+    pattern = getattr(src, "_exclude_from_weight_decay_pattern", None)
+    if pattern is not None:  # one "name" that is the whole compiled regex
+        dst.exclude_from_weight_decay(var_names=[pattern.pattern])
+
+
+def _rebuild(optimizer: keras.optimizers.Optimizer, config: dict[str, Any]) -> Any:
+    new = type(optimizer)(**config)
+    _copy_weight_decay_exclusions(optimizer, new)
+    return new
+
+
+def clone_optimizer(optimizer: keras.optimizers.Optimizer) -> keras.optimizers.Optimizer:
+    """A fresh, unbuilt optimizer with the same class and hyperparameters.
+
+    A built optimizer is tied to one model's variables; this gives the twin
+    net its own copy (learning-rate schedules are shared: they are stateless).
+    ``LossScaleOptimizer`` is cloned with a cloned inner optimizer.
+    """
+    if isinstance(optimizer, _O.MultiOptimizer):
+        raise TypeError("clone_optimizer does not clone a MultiOptimizer; clone its parts.")
+    if isinstance(optimizer, _O.LossScaleOptimizer):
+        return _O.LossScaleOptimizer(
+            clone_optimizer(optimizer.inner_optimizer),
+            initial_scale=optimizer.initial_scale,
+            dynamic_growth_steps=optimizer.dynamic_growth_steps,
+        )
+    _check_weight_decay_exclusions(optimizer)
+    return _rebuild(optimizer, _base_config(optimizer))
+
+
+# ------------------------------------------------ per-optimizer derivations
+#
+# Each function gets the source optimizer, its config (a copy to edit) and
+# ``s`` (W_tgt = s * W_src, g_tgt = g_src / s), edits the config in place and
+# returns ``k = lr_tgt / lr_src``. The comments name the Keras lines.
+
+
+def _sgd(opt: Any, cfg: dict[str, Any], s: float) -> float:
+    # update_step: m <- momentum*m - lr*g; W += m (or the Nesterov form), or
+    # W -= lr*g. All linear in g: with lr' = s^2 lr, m' = s m and every
+    # increment is s times the source's.
+    return s**2
+
+
+def _adam(opt: Any, cfg: dict[str, Any], s: float) -> float:
+    # m <- m + (g - m)(1 - beta_1), v <- v + (g^2 - v)(1 - beta_2):
+    # m' = m/s, v' = v/s^2 (amsgrad: v_hat' = v_hat/s^2, the max commutes).
+    # W -= alpha*m / (sqrt(v) + eps): alpha' m/s / (sqrt(v)/s + eps')
+    #    = alpha' m / (sqrt(v) + s eps'), so eps' = eps/s and alpha' = s alpha.
+    # (AdamW is Adam plus the base optimizer's decoupled decay.)
+    cfg["epsilon"] = _scaled(opt.epsilon, 1.0 / s)
+    return s
+
+
+def _adamax(opt: Any, cfg: dict[str, Any], s: float) -> float:
+    # u <- max(beta_2 u, |g|): u' = u/s. W -= lr m / ((1 - b1^t)(u + eps)):
+    # eps' = eps/s, lr' = s lr.
+    cfg["epsilon"] = _scaled(opt.epsilon, 1.0 / s)
+    return s
+
+
+def _nadam(opt: Any, cfg: dict[str, Any], s: float) -> float:
+    # m_hat is linear in (m, g) -> 1/s; v_hat = v/(1 - b2^t) -> 1/s^2;
+    # W -= m_hat lr / (sqrt(v_hat) + eps): as Adam. u_product is g-free.
+    cfg["epsilon"] = _scaled(opt.epsilon, 1.0 / s)
+    return s
+
+
+def _rmsprop(opt: Any, cfg: dict[str, Any], s: float) -> float:
+    # v <- rho v + (1-rho) g^2 -> v/s^2; centered: a <- rho a + (1-rho) g -> a/s.
+    # increment = lr g / sqrt(v [- a^2] + eps): EPSILON INSIDE THE SQRT,
+    # lr' (g/s) / sqrt((v - a^2)/s^2 + eps') = lr' g / sqrt(v - a^2 + s^2 eps'),
+    # so eps' = eps/s^2, lr' = s lr. Momentum accumulates increments: linear.
+    cfg["epsilon"] = _scaled(opt.epsilon, 1.0 / s**2)
+    return s
+
+
+def _adagrad(opt: Any, cfg: dict[str, Any], s: float) -> float:
+    # acc = a0 + sum g^2; W -= lr g / sqrt(acc + eps) (eps inside the sqrt):
+    # lr' (g/s) / sqrt(a0' + sum g^2/s^2 + eps')
+    #   = lr' g / sqrt(s^2 a0' + sum g^2 + s^2 eps'),
+    # so a0' = a0/s^2, eps' = eps/s^2, lr' = s lr. a0 enters through
+    # initializers.Constant, which casts through float32: keep float64.
+    cfg["epsilon"] = _scaled(opt.epsilon, 1.0 / s**2)
+    cfg["initial_accumulator_value"] = _scaled_cast(opt.initial_accumulator_value, 1.0 / s**2)
+    return s
+
+
+def _adadelta(opt: Any, cfg: dict[str, Any], s: float) -> float:
+    # Eg <- rho Eg + (1-rho) g^2; delta = -sqrt(Ed + eps) g / sqrt(Eg + eps);
+    # Ed <- rho Ed + (1-rho) delta^2; W += lr delta. One eps in both RMS terms.
+    # With eps' = eps/s^2: Eg' = Eg/s^2, and if Ed' = Ed/s^2 then
+    # delta' = (sqrt(Ed + eps)/s)(g/s) / (sqrt(Eg + eps)/s) = delta/s, which
+    # keeps Ed' = Ed/s^2. W' must move s*delta = s^2 delta': lr' = s^2 lr.
+    cfg["epsilon"] = _scaled(opt.epsilon, 1.0 / s**2)
+    return s**2
+
+
+def _ftrl(opt: Any, cfg: dict[str, Any], s: float) -> float:
+    # q = -learning_rate_power >= 0, n the accumulator, z the linear term:
+    #   z += g + 2 l2s W - ((n + g^2)^q - n^q)/lr * W;  n += g^2
+    #   W = (clip(z, -l1, l1) - z) / (n^q/lr + 2 l2 + beta/lr)
+    # With n0' = n0/s^2 (so n' = n/s^2), lr' = s^(2-2q) lr, l2s' = l2s/s^2:
+    # every term of z' is z/s. clip(z/s, +-l1/s) - z/s = (clip(z, +-l1) - z)/s
+    # with l1' = l1/s. W' = s W needs the denominator / s^2:
+    # n^q s^-2q / (s^(2-2q) lr) = n^q/(s^2 lr); 2 l2' = 2 l2/s^2;
+    # beta'/(s^(2-2q) lr) = beta/(s^2 lr) -> beta' = beta s^(-2q).
+    q = -float(opt.learning_rate_power)
+    cfg["initial_accumulator_value"] = _scaled_cast(opt.initial_accumulator_value, 1.0 / s**2)
+    cfg["l1_regularization_strength"] = _scaled(opt.l1_regularization_strength, 1.0 / s)
+    cfg["l2_regularization_strength"] = _scaled(opt.l2_regularization_strength, 1.0 / s**2)
+    cfg["l2_shrinkage_regularization_strength"] = _scaled(
+        opt.l2_shrinkage_regularization_strength, 1.0 / s**2
+    )
+    cfg["beta"] = _scaled(opt.beta, s ** (-2.0 * q))
+    return s ** (2.0 - 2.0 * q)
+
+
+def _lion(opt: Any, cfg: dict[str, Any], s: float) -> float:
+    # W -= lr sign(beta_1 m + (1 - beta_1) g); m <- beta_2 m + (1 - beta_2) g:
+    # m' = m/s, the sign is unchanged (s > 0), so lr' = s lr.
+    return s
+
+
+def _lamb(opt: Any, cfg: dict[str, Any], s: float) -> float:
+    # u = m_hat / (sqrt(v_hat) + eps): with eps' = eps/s, u' = u (invariant).
+    # W -= (||W|| / ||u||) lr u: the trust ratio becomes s times larger by
+    # itself, so lr' = lr. (Exact while ||W|| > 0: a kernel that is exactly
+    # zero makes Keras use ratio 1 in both nets.)
+    cfg["epsilon"] = _scaled(opt.epsilon, 1.0 / s)
+    return 1.0
+
+
+def _adafactor(opt: Any, cfg: dict[str, Any], s: float) -> float:
+    # g^2 + eps_1 -> (g^2 + s^2 eps_1')/s^2: eps_1' = eps_1/s^2 makes r, c, v
+    # all 1/s^2 (r/mean(r) is scale-free), u = g/sqrt(v) and its RMS clipping
+    # invariant. Step alpha = max(eps_2, RMS(W)) * min(lr, 1/sqrt(t)):
+    # eps_2' = s eps_2 makes alpha' = s alpha with lr' = lr (the relative-step
+    # clamp is then identical too). eps_2 is read through ops.cast: float64.
+    cfg["epsilon_1"] = _scaled(opt.epsilon_1, 1.0 / s**2)
+    cfg["epsilon_2"] = _scaled_cast(opt.epsilon_2, s)
+    return 1.0
+
+
+def _schedule_free_adamw(opt: Any, cfg: dict[str, Any], s: float) -> float:
+    # z ("momentum") starts at W and z -= lr g / (sqrt(v/bc2) + eps); eps is
+    # outside the sqrt: eps' = eps/s, lr' = s lr gives z' = s z. x and y are
+    # linear in (y, z): y' = s y. eps is read through ops.cast: float64.
+    cfg["epsilon"] = _scaled_cast(opt.epsilon, 1.0 / s)
+    return s
+
+
+def _muon(opt: Any, cfg: dict[str, Any], s: float) -> float:
+    # AdamW branch (_adamw_update_step): as Adam, lr' = s lr, eps' = eps/s;
+    # its decay uses adam_weight_decay * lr: adam_weight_decay' = awd/s.
+    # Newton-Schulz branch: no exact map (checked in map_optimizer).
+    cfg["epsilon"] = _scaled(opt.epsilon, 1.0 / s)
+    cfg["adam_weight_decay"] = _scaled_cast(opt.adam_weight_decay, 1.0 / s)
+    return s
+
+
+_DERIVATIONS: dict[type, Callable[[Any, dict[str, Any], float], float]] = {
+    _O.SGD: _sgd,
+    _O.Adam: _adam,
+    _O.AdamW: _adam,
+    _O.Adamax: _adamax,
+    _O.Nadam: _nadam,
+    _O.RMSprop: _rmsprop,
+    _O.Adagrad: _adagrad,
+    _O.Adadelta: _adadelta,
+    _O.Ftrl: _ftrl,
+    _O.Lion: _lion,
+    _O.Lamb: _lamb,
+    _O.Adafactor: _adafactor,
+    _O.ScheduleFreeAdamW: _schedule_free_adamw,
+    _O.Muon: _muon,
+}
+
+
+def _check_muon_variables(optimizer: Any, variables: Iterable[Any] | None) -> None:
+    why = (
+        "Muon's Newton-Schulz step orthogonalises M / (||M||_F + 1e-7), with the "
+        "1e-7 hard-coded in keras/src/optimizers/muon.py "
+        "(zeropower_via_newtonschulz5), not a hyperparameter: the step is "
+        "invariant to the gradient scale only up to that constant, so no "
+        "hyperparameters reproduce the other variant exactly."
+    )
+    fix = (
+        " Put the consuming layers on Muon's AdamW branch (exclude_layers=[their "
+        "names], or give them non-2-D kernels), for which the map is exact, or "
+        "use another optimizer for them."
+    )
+    if variables is None:
+        raise NoExactMapError(
+            why + " Pass variables=[the consuming kernels] so the map can check that "
+            "none of them takes that branch (mapped_multi_optimizer does)." + fix
+        )
+    muon_branch = [v.path for v in variables if not optimizer._should_use_adamw(v)]
+    if muon_branch:
+        raise NoExactMapError(f"{why} These variables take that branch: {muon_branch}.{fix}")
+
+
+def map_optimizer(
+    optimizer: keras.optimizers.Optimizer,
+    keep_prob: float,
+    direction: Direction,
+    *,
+    variables: Iterable[Any] | None = None,
+) -> keras.optimizers.Optimizer:
+    """Return a new optimizer for the consuming kernels of the other variant.
+
+    Parameters
+    ----------
+    optimizer
+        The optimizer that trains the SOURCE net (it is not modified). A
+        built-in Keras optimizer (exact class), or a ``LossScaleOptimizer``
+        wrapping one.
+    keep_prob
+        The keep probability ``p`` of the dropout feeding the kernels (Keras's
+        ``rate`` is ``1 - p``). For kernels behind several dropouts in a row,
+        the product of their keep probabilities.
+    direction
+        ``'to_standard'``: the source uses ``keras.layers.Dropout`` (inverted),
+        the target the paper's dropout (``W_tgt = W_src / p``).
+        ``'to_inverted'``: the reverse (``W_tgt = p * W_src``).
+    variables
+        The target variables the result will update. Needed only for Muon,
+        whose update depends on the variable.
+
+    Returns
+    -------
+    keras.optimizers.Optimizer
+        Same class, unbuilt; with ``W_tgt = s * W_src`` and the same masks, its
+        updates are ``s`` times the source's, step for step (module table).
+        Map before training: the source's state (moments, accumulators) is
+        not carried over.
+
+    Raises
+    ------
+    NoExactMapError
+        For ``global_clipnorm``, Muon's Newton-Schulz branch and optimizer
+        classes without a derived map.
+    """
+    s = kernel_scale(keep_prob, direction)
+    variables = None if variables is None else list(variables)
+    if isinstance(optimizer, _O.MultiOptimizer):
+        raise TypeError(
+            "map_optimizer maps one optimizer, not a MultiOptimizer: map each of "
+            "its sub-optimizers (mapped_multi_optimizer builds the MultiOptimizer)."
+        )
+    if isinstance(optimizer, _O.LossScaleOptimizer):
+        # The dynamic scale multiplies the loss, identical in both nets, and
+        # divides the gradients again: only the inner optimizer sees s.
+        return _O.LossScaleOptimizer(
+            map_optimizer(optimizer.inner_optimizer, keep_prob, direction, variables=variables),
+            initial_scale=optimizer.initial_scale,
+            dynamic_growth_steps=optimizer.dynamic_growth_steps,
+        )
+    derive = _DERIVATIONS.get(type(optimizer))
+    if derive is None:
+        raise NoExactMapError(
+            f"no map derived for {type(optimizer).__module__}."
+            f"{type(optimizer).__qualname__}: the map depends on where the gradient "
+            "scale enters the update (epsilon inside or outside a square root, "
+            "trust ratios, sign, ...), so it must be derived from the update_step "
+            "source. Supported: "
+            + ", ".join(sorted(c.__name__ for c in _DERIVATIONS))
+            + ", and LossScaleOptimizer wrapping one of them (exact classes, not "
+            "subclasses)."
+        )
+    if optimizer.global_clipnorm:
+        raise NoExactMapError(
+            f"global_clipnorm={optimizer.global_clipnorm} clips every gradient by "
+            "the global norm sqrt(sum_i ||g_i||^2) over all variables. In the other "
+            "variant the consuming kernels' gradients are rescaled (by "
+            f"{1 / s:.6g}) and the others are not, so the global norm, hence the "
+            "clip factor, differs, and it is shared by all variables: no "
+            "hyperparameters reproduce it exactly. Use clipnorm (per tensor; it "
+            "maps to clipnorm*p to standard, clipnorm/p to inverted) or clipvalue "
+            "(likewise), or no clipping."
+        )
+    _check_weight_decay_exclusions(optimizer)
+    if isinstance(optimizer, _O.Muon):
+        _check_muon_variables(optimizer, variables)
+
+    cfg = _base_config(optimizer)
+    k = derive(optimizer, cfg, s)
+    cfg["learning_rate"] = _scaled_learning_rate(optimizer, k)
+    # Decoupled decay W -= W * wd * lr (base _apply_weight_decay): W' = s W
+    # needs wd' lr' = wd lr. Muon's weight_decay belongs to its Newton-Schulz
+    # branch, mapped alike for completeness.
+    cfg["weight_decay"] = _scaled_cast(optimizer.weight_decay, 1.0 / k)
+    # Per-tensor clipping g c / max(||g||, c): (g/s) c' / max(||g||/s, c')
+    # equals (g c / max(||g||, c)) / s iff c' = c/s. Per element likewise.
+    cfg["clipnorm"] = _scaled(optimizer.clipnorm, 1.0 / s)
+    cfg["clipvalue"] = _scaled(optimizer.clipvalue, 1.0 / s)
+    # use_ema, ema_momentum, ema_overwrite_frequency, loss_scale_factor and
+    # gradient_accumulation_steps are linear in W or g, or act on the loss:
+    # unchanged (they stay in cfg as they are).
+    return _rebuild(optimizer, cfg)
+
+
+def to_standard(
+    optimizer: keras.optimizers.Optimizer,
+    keep_prob: float,
+    *,
+    variables: Iterable[Any] | None = None,
+) -> keras.optimizers.Optimizer:
+    """Map an inverted-dropout net's optimizer to the standard net's consuming kernels.
+
+    ``keep_prob`` is ``p`` (Keras's ``rate = 1 - p``); ``W_std = W_inv / p``.
+    See :func:`map_optimizer` and the module table (e.g. SGD ``lr / p**2``,
+    Adam ``lr / p`` and ``epsilon * p``).
+    """
+    return map_optimizer(optimizer, keep_prob, "to_standard", variables=variables)
+
+
+def to_inverted(
+    optimizer: keras.optimizers.Optimizer,
+    keep_prob: float,
+    *,
+    variables: Iterable[Any] | None = None,
+) -> keras.optimizers.Optimizer:
+    """Map a standard-dropout net's optimizer to the inverted net's consuming kernels.
+
+    ``keep_prob`` is ``p`` (Keras's ``rate = 1 - p``); ``W_inv = p * W_std``.
+    The inverse of :func:`to_standard` (``p`` replaced by ``1/p`` in the table).
+    """
+    return map_optimizer(optimizer, keep_prob, "to_inverted", variables=variables)
+
+
+# ------------------------------------------------------ whole-model helper
+
+
+def _resolve_layers(model: keras.Model, layers: Sequence[Any]) -> list[keras.layers.Layer]:
+    resolved = []
+    for layer in layers:
+        if isinstance(layer, str):
+            layer = model.get_layer(layer)
+        elif not isinstance(layer, keras.layers.Layer):
+            raise TypeError(f"consuming_layers must hold layers or layer names; got {layer!r}.")
+        resolved.append(layer)
+    return resolved
+
+
+def mapped_multi_optimizer(
+    model: keras.Model,
+    optimizer: keras.optimizers.Optimizer,
+    direction: Direction,
+    *,
+    keep_prob: float | None = None,
+    consuming_layers: Sequence[Any] | None = None,
+) -> keras.optimizers.Optimizer:
+    """The optimizer for the TARGET ``model`` that reproduces the source's trajectory.
+
+    Every variable gets a fresh copy of ``optimizer``, except the kernels that
+    consume dropped units, which get ``map_optimizer(optimizer, p, direction)``
+    (biases keep the original). Compile ``model`` with the result and train the
+    source twin with ``optimizer``; with ``W_tgt = s W_src`` at the start and
+    the same masks, both follow the same trajectory.
+
+    Parameters
+    ----------
+    model
+        The target net (built): for ``'to_standard'`` the one with the paper's
+        dropout (``dropout_lib.layers.StandardDropout``).
+    optimizer
+        The source net's optimizer (not modified, not shared).
+    direction
+        ``'to_standard'`` or ``'to_inverted'`` (see :func:`map_optimizer`).
+    keep_prob, consuming_layers
+        Either both None: the consumers and their keep probabilities are found
+        by walking the model graph (:func:`dropout_lib.conversion.dropout_consumers`).
+        Or both given: ``keep_prob`` = ``p`` (not Keras's ``rate``) for all of
+        ``consuming_layers`` (layers or names).
+
+    Returns
+    -------
+    keras.optimizers.Optimizer
+        A ``MultiOptimizer`` keyed by variable path; for a
+        ``LossScaleOptimizer`` source, a ``LossScaleOptimizer`` wrapping the
+        ``MultiOptimizer`` (Keras forbids the reverse nesting).
+
+    Notes
+    -----
+    Keras 3.15.1 saves a model compiled with any ``MultiOptimizer`` but
+    ``keras.saving.load_model`` fails to restore the optimizer state (also
+    without this module): save weights, or load with ``compile=False``.
+    """
+    from dropout_lib import conversion  # local: conversion imports this module
+
+    check_direction(direction)
+    if (keep_prob is None) != (consuming_layers is None):
+        raise ValueError(
+            "give keep_prob and consuming_layers together (keep_prob is p, the keep "
+            "probability; Keras's rate is 1 - p), or neither to find the consumers "
+            "by walking the model."
+        )
+    if consuming_layers is None:
+        groups = [(c.keep_prob, c.variables) for c in conversion.dropout_consumers(model)]
+    else:
+        check_keep_prob(keep_prob)
+        groups = [
+            (keep_prob, conversion.consumer_kernels(layer))
+            for layer in _resolve_layers(model, consuming_layers)
+        ]
+
+    if isinstance(optimizer, _O.LossScaleOptimizer):
+        inner = mapped_multi_optimizer(
+            model, optimizer.inner_optimizer, direction,
+            keep_prob=keep_prob, consuming_layers=consuming_layers,
+        )
+        return _O.LossScaleOptimizer(
+            inner,
+            initial_scale=optimizer.initial_scale,
+            dynamic_growth_steps=optimizer.dynamic_growth_steps,
+        )
+
+    default = clone_optimizer(optimizer)
+    by_keep_prob: dict[float, keras.optimizers.Optimizer] = {}
+    optimizer_for: dict[int, keras.optimizers.Optimizer] = {}
+    opt_map = _O.OptimizerMap(default_optimizer=default)
+    for p, variables in groups:
+        trainable = [v for v in variables if v.trainable]
+        if not trainable:
+            continue
+        if p not in by_keep_prob:
+            all_vars = [v for q, vs in groups if q == p for v in vs if v.trainable]
+            by_keep_prob[p] = map_optimizer(optimizer, p, direction, variables=all_vars)
+        for v in trainable:
+            if id(v) in optimizer_for:
+                continue
+            optimizer_for[id(v)] = by_keep_prob[p]
+            opt_map[re.escape(v.path)] = by_keep_prob[p]
+    multi = _O.MultiOptimizer(opt_map, loss_scale_factor=optimizer.loss_scale_factor)
+    # Paths are the keys: make sure each variable resolves to its optimizer.
+    for v in model.trainable_variables:
+        expected = optimizer_for.get(id(v), default)
+        if opt_map[v.path] is not expected:
+            raise ValueError(
+                f"variable path {v.path!r} does not resolve to its own optimizer "
+                "(two variables share a path?): give the layers unique names."
+            )
+    return multi
