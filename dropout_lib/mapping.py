@@ -249,7 +249,7 @@ def _scaled_learning_rate(optimizer: keras.optimizers.Optimizer, factor: float) 
         return lr if factor == 1.0 else ScaledLearningRateSchedule(lr, factor)
     if isinstance(lr, keras.Variable):
         # The value the source uses (float32 if floatx was float32 at creation).
-        return float(ops.convert_to_numpy(lr)) * factor
+        return float(lr.numpy()) * factor
     if callable(lr):
         return lr if factor == 1.0 else _ScaledCallable(lr, factor)
     raise TypeError(f"unsupported learning rate {lr!r} on {optimizer.name}.")

@@ -1,0 +1,598 @@
+"""The four-way training run on real data: Keras's dropout, the paper's (mapped and not), none.
+
+Notation: ``keep_prob`` is the paper's ``p``, the probability of KEEPING a
+unit; Keras's ``rate`` is the DROP probability ``1 - p``. The network's
+dropout layers are configured, as ``keras.layers.Dropout`` is, by ``rate``.
+
+The experiment
+--------------
+One seed draws a training set of handwritten digits
+(:func:`dropout_lib.datasets.digits_split`), the initial weights and the
+dropout masks. From one Keras MLP with ``keras.layers.Dropout``
+(:func:`digits_mlp`) it builds four nets and trains each with ``model.fit``,
+full batch (every step sees the whole training set: one step is one epoch),
+for the same number of steps:
+
+=============  ======================================================================
+way            net, initial weights, optimizer
+=============  ======================================================================
+``inverted``   Keras's inverted dropout; the MLP as built; ``Adam(lr, epsilon)``
+``mapped``     the paper's dropout (:class:`~dropout_lib.layers.StandardDropout`),
+               consuming kernels ``W / p`` (biases unchanged), the mapped
+               optimizer (``lr / p`` and ``epsilon * p`` on those kernels,
+               :func:`dropout_lib.mapping.mapped_multi_optimizer`)
+``same``       the paper's dropout with the SAME initial weights and the same
+               ``Adam(lr, epsilon)`` on every variable: the drop-in swap
+``none``       no dropout (each dropout layer replaced by ``Identity``); same
+               weights and optimizer as ``inverted``
+=============  ======================================================================
+
+The three dropout nets draw the same masks at every step (their seed
+generators' states are shared, :func:`dropout_lib.twins.twin`). By the
+same-function theorem and the Adam map (chapters 3 and 5), ``mapped`` is the
+``inverted`` net in other coordinates at every step: its weights mapped back,
+``p W`` on the consuming kernels, equal the inverted net's up to rounding.
+
+:class:`FourWays` builds and compiles the four nets once and, before each
+seed, resets them to the state freshly built nets would have (tracing a
+train step costs as much as the training here); :func:`run_experiment`
+runs it over several seeds. ``model.fit`` runs full batch over a repeated
+``tf.data`` dataset, ``eval_every`` steps per execution.
+
+Held-out loss and accuracy are recorded during training by
+:class:`HeldOutCurve`, which calls the model in inference mode
+(``training=False``, as ``predict`` and ``evaluate`` do) on the held-out
+images every ``eval_every`` steps.
+
+:func:`paired_comparison` compares two ways seed by seed (the seeds are
+independent replicates; within a seed the ways share data, initial weights
+and masks), with the mean difference, its standard error and an exact sign
+test.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import keras
+import numpy as np
+import tensorflow as tf
+from numpy.typing import ArrayLike, NDArray
+
+from dropout_lib import twins
+from dropout_lib.conversion import converted_weights, dropout_consumers
+from dropout_lib.datasets import N_CLASSES, N_PIXELS, DigitsSplit, digits_split
+from dropout_lib.layers import StandardDropout
+from dropout_lib.mapping import clone_optimizer, mapped_multi_optimizer
+
+__all__ = [
+    "WAYS",
+    "Config",
+    "HeldOutCurve",
+    "Run",
+    "SeedResult",
+    "Experiment",
+    "PairedComparison",
+    "keras_float64",
+    "digits_mlp",
+    "without_dropout",
+    "cross_entropy",
+    "fit_full_batch",
+    "FourWays",
+    "run_experiment",
+    "sign_test_p",
+    "paired_comparison",
+]
+
+#: The four ways, in the book's order.
+WAYS: tuple[str, ...] = ("inverted", "mapped", "same", "none")
+
+
+# ------------------------------------------------------------- setting
+
+
+def _positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer; got {value!r}.")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class Config:
+    """The setting of the experiment, fixed before it is run.
+
+    Attributes
+    ----------
+    n_train
+        Training images per seed (the other digits are held out).
+    widths
+        Hidden layer widths; the net is ``64 - widths - 10``, ReLU.
+    rates
+        Keras's dropout ``rate`` (DROP probability, ``1 - p``) of the input
+        and of each hidden layer's output: ``len(widths) + 1`` numbers in
+        ``(0, 1)``. Each dropout is consumed by the next ``Dense`` kernel.
+    learning_rate, epsilon
+        ``keras.optimizers.Adam`` hyperparameters of the inverted net.
+    epochs
+        Full-batch steps (one step sees every training image once).
+    eval_every
+        Record the held-out loss every this many steps (and before the first).
+    """
+
+    n_train: int = 300
+    widths: tuple[int, ...] = (128, 128)
+    rates: tuple[float, ...] = (0.2, 0.5, 0.5)
+    learning_rate: float = 2.0**-8
+    epsilon: float = 1e-7
+    epochs: int = 300
+    eval_every: int = 20
+
+    def __post_init__(self) -> None:
+        _positive_int("n_train", self.n_train)
+        for w in self.widths:
+            _positive_int("each width", w)
+        if len(self.rates) != len(self.widths) + 1:
+            raise ValueError(
+                f"rates needs {len(self.widths) + 1} entries (input, then each of the "
+                f"{len(self.widths)} hidden layers); got {self.rates!r}."
+            )
+        for r in self.rates:
+            if not (isinstance(r, (int, float)) and 0.0 < r < 1.0):
+                raise ValueError(
+                    f"each rate must be in (0, 1); got {r!r} in rates={self.rates!r}. "
+                    "rate is Keras's DROP probability, 1 - keep_prob."
+                )
+        for name in ("learning_rate", "epsilon"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise ValueError(f"{name} must be a positive number; got {v!r}.")
+        _positive_int("epochs", self.epochs)
+        _positive_int("eval_every", self.eval_every)
+        if self.epochs % self.eval_every:
+            raise ValueError(
+                f"epochs ({self.epochs}) must be a multiple of eval_every "
+                f"({self.eval_every}) so that the last step is recorded."
+            )
+
+    @property
+    def keep_probs(self) -> tuple[float, ...]:
+        """The paper's ``p = 1 - rate`` of each dropout."""
+        return tuple(1.0 - r for r in self.rates)
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        """Layer sizes, inputs to logits: ``(64, *widths, 10)``."""
+        return (N_PIXELS, *self.widths, N_CLASSES)
+
+
+@contextlib.contextmanager
+def keras_float64() -> Iterator[None]:
+    """Build layers AND optimizer variables in float64 for the duration.
+
+    Sets both ``keras.config.floatx`` (the optimizer's learning rate lives in
+    a variable of that type) and the global dtype policy (``set_floatx`` alone
+    does not reach layers once the policy is cached); restores both after.
+    """
+    old_floatx, old_policy = keras.config.floatx(), keras.config.dtype_policy()
+    keras.config.set_floatx("float64")
+    keras.config.set_dtype_policy("float64")
+    try:
+        yield
+    finally:
+        keras.config.set_floatx(old_floatx)
+        keras.config.set_dtype_policy(old_policy)
+
+
+def digits_mlp(config: Config, seed: int) -> keras.Sequential:
+    """The inverted-dropout MLP: ``Dropout(rate_0), Dense, ReLU, Dropout(rate_1), ..., Dense(10)``.
+
+    Kernels ``GlorotUniform`` (Keras's default) and dropout layers seeded from
+    ``seed``; biases zero. The logits are the output (train with
+    ``from_logits=True``). Layer names are fixed (``drop0``, ``dense0``, ...),
+    so models built in any order have the same variable paths.
+    """
+    seed = _seed(seed)
+    layers: list[keras.layers.Layer] = [keras.Input((N_PIXELS,))]
+    sizes = config.sizes
+    for k, rate in enumerate(config.rates):
+        layers.append(keras.layers.Dropout(rate, seed=1000 * seed + k, name=f"drop{k}"))
+        layers.append(keras.layers.Dense(
+            sizes[k + 1],
+            activation="relu" if k < len(config.widths) else None,
+            kernel_initializer=keras.initializers.GlorotUniform(seed=1000 * seed + 100 + k),
+            name=f"dense{k}",
+        ))
+    return keras.Sequential(layers, name="digits_mlp")
+
+
+def without_dropout(model: keras.Model) -> keras.Model:
+    """Clone ``model`` with every dropout layer replaced by ``keras.layers.Identity``.
+
+    The weights are copied; the clone computes, in training and at inference,
+    what ``model`` computes at inference with inverted dropout.
+    """
+    def clone(layer: keras.layers.Layer) -> keras.layers.Layer:
+        if isinstance(layer, (keras.layers.Dropout, StandardDropout)):
+            return keras.layers.Identity(name=layer.name, dtype=layer.dtype_policy)
+        return layer.__class__.from_config(layer.get_config())
+
+    out = keras.models.clone_model(model, clone_function=clone)
+    out.set_weights(model.get_weights())
+    return out
+
+
+def _seed(seed: object) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**20:
+        raise ValueError(f"seed must be an integer in [0, 2**20); got {seed!r}.")
+    return int(seed)
+
+
+# ---------------------------------------------------------- measuring
+
+
+def cross_entropy(logits: ArrayLike, labels: ArrayLike) -> float:
+    """Mean softmax cross-entropy ``mean_i (logsumexp(z_i) - z_i[y_i])``, in float64.
+
+    The same quantity as ``keras.losses.SparseCategoricalCrossentropy(
+    from_logits=True)``; computed stably (the row maximum is subtracted first).
+    """
+    z = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(labels)
+    if z.ndim != 2 or y.shape != (z.shape[0],):
+        raise ValueError(f"logits must be (n, classes) and labels (n,); got {z.shape}, {y.shape}.")
+    zmax = z.max(axis=1, keepdims=True)
+    lse = zmax[:, 0] + np.log(np.exp(z - zmax).sum(axis=1))
+    return float(np.mean(lse - z[np.arange(len(y)), y]))
+
+
+def _logits(model: keras.Model, x: NDArray) -> NDArray[np.float64]:
+    return np.asarray(keras.ops.convert_to_numpy(model(x, training=False)))
+
+
+class HeldOutCurve(keras.callbacks.Callback):
+    """Record loss and accuracy in inference mode every ``every`` training steps.
+
+    Before the first step and after every ``every``-th, calls the model with
+    ``training=False`` (what ``predict`` and ``evaluate`` do) on the held-out
+    and on the training images, and stores the mean cross-entropy of both and
+    the held-out accuracy.
+    """
+
+    def __init__(self, split: DigitsSplit, every: int) -> None:
+        super().__init__()
+        self.split = split
+        self.every = _positive_int("every", every)
+        self._x = np.concatenate([split.x_test, split.x_train])
+        self.steps: list[int] = []
+        self.train_loss: list[float] = []
+        self.test_loss: list[float] = []
+        self.test_accuracy: list[float] = []
+
+    def _record(self, step: int) -> None:
+        s = self.split
+        both = _logits(self.model, self._x)  # one call for both sets: half the overhead
+        test, train = both[: s.n_test], both[s.n_test:]
+        self.steps.append(step)
+        self.train_loss.append(cross_entropy(train, s.y_train))
+        self.test_loss.append(cross_entropy(test, s.y_test))
+        self.test_accuracy.append(float(np.mean(test.argmax(axis=1) == s.y_test)))
+
+    def on_train_begin(self, logs: object = None) -> None:
+        self._record(0)
+
+    def on_train_batch_end(self, batch: int, logs: object = None) -> None:
+        if (batch + 1) % self.every == 0:
+            self._record(batch + 1)
+
+
+@dataclass(frozen=True)
+class Run:
+    """One net trained on one seed's data.
+
+    Attributes
+    ----------
+    steps
+        Steps (= epochs, full batch) at which the curves were recorded.
+    train_loss, test_loss, test_accuracy
+        Inference-mode training loss, held-out loss and accuracy at ``steps``.
+    weights
+        Final weights in ``model.get_weights()`` order.
+    test_logits
+        Final held-out logits, inference mode.
+    """
+
+    steps: NDArray[np.int64]
+    train_loss: NDArray[np.float64]
+    test_loss: NDArray[np.float64]
+    test_accuracy: NDArray[np.float64]
+    weights: list[NDArray[np.float64]] = field(repr=False)
+    test_logits: NDArray[np.float64] = field(repr=False)
+
+
+def _compile(model: keras.Model, optimizer: keras.optimizers.Optimizer, every: int) -> None:
+    optimizer.build(model.trainable_variables)
+    model.compile(
+        optimizer=optimizer,
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        steps_per_execution=every,
+    )
+
+
+def fit_full_batch(model: keras.Model, split: DigitsSplit, epochs: int, eval_every: int) -> Run:
+    """``fit`` a compiled ``model`` for ``epochs`` full-batch steps; record the curves.
+
+    ONE ``fit`` epoch runs over a ``tf.data`` dataset that repeats the whole
+    training set, as a single batch, ``epochs`` times: every step is a
+    full-batch step, as ``epochs`` epochs of ``batch_size = n_train`` would
+    be, without Keras's per-epoch overhead (about 50 ms an epoch here,
+    several steps' worth). ``eval_every`` must be a multiple of the model's
+    ``steps_per_execution`` (Keras calls the callbacks once per execution).
+    Needs Keras's TensorFlow backend (the dataset is a ``tf.data.Dataset``).
+    """
+    epochs = _positive_int("epochs", epochs)
+    curve = HeldOutCurve(split, eval_every)
+    batches = tf.data.Dataset.from_tensors((split.x_train, split.y_train)).repeat(epochs)
+    model.fit(batches, epochs=1, shuffle=False, verbose=0, callbacks=[curve])
+    if curve.steps[-1] != epochs:
+        raise RuntimeError(
+            f"the last curve point is at step {curve.steps[-1]}, not {epochs}: is "
+            "eval_every a multiple of the model's steps_per_execution?"
+        )
+    return Run(
+        steps=np.asarray(curve.steps),
+        train_loss=np.asarray(curve.train_loss),
+        test_loss=np.asarray(curve.test_loss),
+        test_accuracy=np.asarray(curve.test_accuracy),
+        weights=model.get_weights(),
+        test_logits=_logits(model, split.x_test),
+    )
+
+
+def _relative_gap(a: Sequence[NDArray], b: Sequence[NDArray]) -> float:
+    """``max_k ||a_k - b_k|| / ||b_k||`` over weight tensors."""
+    return max(twins.relative_difference(x, y) for x, y in zip(a, b))
+
+
+@dataclass(frozen=True)
+class SeedResult:
+    """The four runs of one seed and how far ``mapped`` and ``same`` are from ``inverted``.
+
+    Attributes
+    ----------
+    seed
+        The seed.
+    runs
+        ``{way: Run}`` for the ways in :data:`WAYS`.
+    weight_gap
+        For ``mapped`` and ``same``: the final weights mapped into the
+        inverted net's coordinates (``p W`` on the consuming kernels), and
+        ``max_k ||W_k - W_k^inv|| / ||W_k^inv||`` over the weight tensors.
+    logit_gap
+        For ``mapped`` and ``same``: ``||Z - Z^inv|| / ||Z^inv||`` of the final
+        held-out logits (inference mode).
+    same_class
+        For ``mapped`` and ``same``: fraction of held-out images given the
+        same predicted class as by ``inverted``.
+    """
+
+    seed: int
+    runs: Mapping[str, Run]
+    weight_gap: Mapping[str, float]
+    logit_gap: Mapping[str, float]
+    same_class: Mapping[str, float]
+
+
+class FourWays:
+    """The four nets of the module table, compiled once and trained seed after seed.
+
+    Building and compiling a Keras model costs about a second here (tracing
+    the train step), as much as training it; so the four nets are built and
+    compiled once, and :meth:`reset` puts them, before each seed's ``fit``,
+    in exactly the state freshly built nets would have: the seed's initial
+    weights (``W / p`` on the consuming kernels of ``mapped``), its dropout
+    generators' states (shared by the three dropout nets) and every
+    optimizer variable's initial value (Adam's step count and moments zero).
+
+    Parameters
+    ----------
+    config
+        The setting; its ``rates`` are Keras's drop probabilities ``1 - p``.
+
+    Attributes
+    ----------
+    models, optimizers
+        ``{way: keras.Model}`` and ``{way: optimizer}``, built in float64.
+    consumers
+        ``(layer name, p)`` of every kernel that consumes dropped units.
+    """
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        with keras_float64():
+            inverted = digits_mlp(config, 0)
+            self.models: dict[str, keras.Model] = {
+                "inverted": inverted,
+                "mapped": twins.mapped_twin(inverted, "standard"),  # W / p, shared masks
+                "same": twins.twin(inverted, "standard"),           # same weights and masks
+                "none": without_dropout(inverted),
+            }
+            adam = keras.optimizers.Adam(config.learning_rate, epsilon=config.epsilon)
+            self.optimizers: dict[str, keras.optimizers.Optimizer] = {
+                "inverted": clone_optimizer(adam),
+                "mapped": mapped_multi_optimizer(self.models["mapped"], adam, "to_standard"),
+                "same": clone_optimizer(adam),
+                "none": clone_optimizer(adam),
+            }
+            for way in WAYS:
+                _compile(self.models[way], self.optimizers[way], config.eval_every)
+        self._initial_state = {
+            way: [np.array(v.numpy()) for v in opt.variables]
+            for way, opt in self.optimizers.items()
+        }
+        self.consumers = tuple(
+            (c.layer.name, c.keep_prob) for c in dropout_consumers(inverted)
+        )
+
+    def reset(self, seed: int) -> None:
+        """Give every net the state freshly built nets for ``seed`` would have."""
+        with keras_float64():
+            fresh = digits_mlp(self.config, _seed(seed))
+        weights = fresh.get_weights()
+        self.models["inverted"].set_weights(weights)
+        self.models["mapped"].set_weights(converted_weights(fresh, "to_standard"))
+        self.models["same"].set_weights(weights)
+        self.models["none"].set_weights(weights)
+        for way in ("inverted", "mapped", "same"):
+            twins.share_masks(fresh, self.models[way])
+        for way, opt in self.optimizers.items():
+            for v, value in zip(opt.variables, self._initial_state[way]):
+                v.assign(value)
+
+    def run(self, seed: int) -> SeedResult:
+        """Train the four nets on ``seed``'s split from ``seed``'s initial state."""
+        split = digits_split(self.config.n_train, _seed(seed))
+        self.reset(seed)
+        c = self.config
+        with keras_float64():
+            runs = {way: fit_full_batch(self.models[way], split, c.epochs, c.eval_every)
+                    for way in WAYS}
+        ref = runs["inverted"]
+        weight_gap, logit_gap, same_class = {}, {}, {}
+        for way in ("mapped", "same"):
+            back = converted_weights(self.models[way], "to_inverted")  # p W on the consumers
+            weight_gap[way] = _relative_gap(back, ref.weights)
+            logit_gap[way] = twins.relative_difference(runs[way].test_logits, ref.test_logits)
+            same_class[way] = float(np.mean(
+                runs[way].test_logits.argmax(axis=1) == ref.test_logits.argmax(axis=1)))
+        return SeedResult(int(seed), runs, weight_gap, logit_gap, same_class)
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """Every seed's :class:`SeedResult`, with the arrays the chapter reports.
+
+    Arrays are indexed ``[seed, way]`` (ways in :data:`WAYS` order), curves
+    ``[seed, way, point]``. ``consumers`` holds ``(layer name, p)`` of every
+    kernel that consumes dropped units (``p`` the keep probability).
+    """
+
+    config: Config
+    consumers: tuple[tuple[str, float], ...]
+    results: tuple[SeedResult, ...]
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        return tuple(r.seed for r in self.results)
+
+    @property
+    def steps(self) -> NDArray[np.int64]:
+        """Steps at which the curves were recorded (same for every run)."""
+        return self.results[0].runs["inverted"].steps
+
+    def curve(self, what: str) -> NDArray[np.float64]:
+        """``'train_loss'``, ``'test_loss'`` or ``'test_accuracy'``, shape ``(seeds, 4, points)``."""
+        if what not in ("train_loss", "test_loss", "test_accuracy"):
+            raise ValueError(
+                f"what must be 'train_loss', 'test_loss' or 'test_accuracy'; got {what!r}."
+            )
+        return np.array([[getattr(r.runs[w], what) for w in WAYS] for r in self.results])
+
+    def final(self, what: str) -> NDArray[np.float64]:
+        """The value after the last step, shape ``(seeds, 4)``."""
+        return self.curve(what)[:, :, -1]
+
+    def gap(self, kind: str, way: str) -> NDArray[np.float64]:
+        """Per seed: ``'weight_gap'``, ``'logit_gap'`` or ``'same_class'`` of ``way``."""
+        if kind not in ("weight_gap", "logit_gap", "same_class"):
+            raise ValueError(
+                f"kind must be 'weight_gap', 'logit_gap' or 'same_class'; got {kind!r}."
+            )
+        if way not in ("mapped", "same"):
+            raise ValueError(f"way must be 'mapped' or 'same'; got {way!r}.")
+        return np.array([getattr(r, kind)[way] for r in self.results])
+
+
+def run_experiment(config: Config, seeds: Sequence[int]) -> Experiment:
+    """Train the four ways on each seed (distinct), in order, with one :class:`FourWays`."""
+    seeds = [_seed(s) for s in seeds]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be a non-empty list of distinct integers; got {seeds!r}.")
+    trainer = FourWays(config)
+    return Experiment(config, trainer.consumers, tuple(trainer.run(s) for s in seeds))
+
+
+# -------------------------------------------------------- statistics
+
+
+def sign_test_p(n_positive: int, n: int) -> float:
+    """One-sided exact sign test: ``P(X >= n_positive)`` for ``X ~ Binomial(n, 1/2)``.
+
+    Under the null hypothesis that each of ``n`` independent paired
+    differences is positive or negative with probability 1/2 (a median of
+    0; ties dropped beforehand), this is the probability of at least
+    ``n_positive`` positive ones: ``sum_{k >= n_positive} C(n, k) / 2**n``.
+    """
+    for name, v in (("n_positive", n_positive), ("n", n)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+            raise ValueError(f"{name} must be a non-negative integer; got {v!r}.")
+    if n_positive > n:
+        raise ValueError(f"n_positive ({n_positive}) cannot exceed n ({n}).")
+    return sum(math.comb(int(n), k) for k in range(int(n_positive), int(n) + 1)) / 2.0 ** int(n)
+
+
+@dataclass(frozen=True)
+class PairedComparison:
+    """Seed-by-seed differences ``baseline - treatment`` (positive: the treatment is lower).
+
+    Attributes
+    ----------
+    differences
+        One per seed.
+    mean, standard_error
+        Their mean and its standard error ``s / sqrt(n)`` (``s`` with ``n - 1``).
+    t
+        ``mean / standard_error``; Student's t with ``n - 1`` degrees of
+        freedom if the differences are normal with mean 0.
+    n_positive, n_nonzero
+        Positive differences, and differences that are not exactly 0.
+    sign_p
+        :func:`sign_test_p` ``(n_positive, n_nonzero)``: the exact one-sided
+        p-value of "the treatment is lower" against a median difference of 0.
+    """
+
+    differences: NDArray[np.float64]
+    mean: float
+    standard_error: float
+    t: float
+    n_positive: int
+    n_nonzero: int
+    sign_p: float
+
+
+def paired_comparison(baseline: ArrayLike, treatment: ArrayLike) -> PairedComparison:
+    """Compare two ways seed by seed: ``d_s = baseline_s - treatment_s``.
+
+    The seeds are independent replicates (each draws its own training set,
+    initial weights and masks), and within a seed both ways share them, so
+    the differences are independent draws of the paired effect. Reports
+    their mean with its standard error and the exact sign test, which
+    assumes nothing about their distribution.
+    """
+    a = np.asarray(baseline, dtype=np.float64)
+    b = np.asarray(treatment, dtype=np.float64)
+    if a.ndim != 1 or a.shape != b.shape or len(a) < 2:
+        raise ValueError(
+            f"baseline and treatment must be 1-D, of equal length >= 2 (one value per "
+            f"seed); got shapes {a.shape} and {b.shape}."
+        )
+    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
+        raise ValueError("baseline and treatment must be finite.")
+    d = a - b
+    mean = float(d.mean())
+    se = float(d.std(ddof=1) / math.sqrt(len(d)))
+    t = mean / se if se > 0 else math.copysign(math.inf, mean) if mean else 0.0
+    n_pos, n_nonzero = int(np.sum(d > 0)), int(np.sum(d != 0))
+    return PairedComparison(d, mean, se, t, n_pos, n_nonzero, sign_test_p(n_pos, n_nonzero))
