@@ -27,6 +27,8 @@ ensemble_checks
     How the ensemble chapter decides: twins, rounding bounds, convergence rates.
 experiment
     The four-way training run on real data: Keras's dropout, the paper's (mapped and not), none.
+glued
+    The numbers an executed chapter glued, read back so that another chapter can check them.
 keras_probe
     What the installed Keras executes when a ``Dropout`` layer runs (result #12).
 keras_trajectories
