@@ -7,7 +7,9 @@ environment, with its folder as working directory, and written back with:
 * no execution timestamps (``record_timing=False`` and ``metadata.execution``
   removed from every cell),
 * a fixed kernelspec and language_info (no interpreter path in metadata),
-* execution counts numbered 1, 2, 3, ... as a clean run gives them.
+* execution counts numbered 1, 2, 3, ... as a clean run gives them,
+* consecutive stream outputs of a cell merged into one (how the kernel splits
+  printed text into messages varies from run to run).
 
 Running it twice on unchanged sources gives byte-identical files, so ``git
 diff`` after a refresh shows only real changes in outputs.
@@ -31,6 +33,19 @@ from nbclient import NotebookClient
 KERNELSPEC = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
 
 
+def merge_streams(outputs: list) -> list:
+    """Join consecutive stdout (or stderr) outputs into one, as nbval compares them."""
+    merged: list = []
+    for out in outputs:
+        prev = merged[-1] if merged else None
+        if (out.get("output_type") == "stream" and prev is not None
+                and prev.get("output_type") == "stream" and prev.get("name") == out.get("name")):
+            prev["text"] = "".join(prev["text"]) + "".join(out["text"])
+        else:
+            merged.append(out)
+    return merged
+
+
 def normalise(nb: nbformat.NotebookNode) -> None:
     """Drop run-dependent metadata from ``nb`` in place."""
     nb.metadata["kernelspec"] = dict(KERNELSPEC)
@@ -42,6 +57,8 @@ def normalise(nb: nbformat.NotebookNode) -> None:
     }
     nb.metadata.pop("widgets", None)
     for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs = merge_streams(cell.outputs)
         cell.metadata.pop("execution", None)
         cell.metadata.pop("ExecuteTime", None)
         cell.metadata.pop("collapsed", None)
