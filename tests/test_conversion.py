@@ -31,18 +31,13 @@ from dropout_lib.mapping import NoExactMapError  # noqa: E402
 # each); 1e-13 is a wide margin, and a wrong kernel scale is off by O(1).
 TOL = 1e-13
 # Keras's convert_to_numpy calls np.array(x) on TF tensors (numpy 2 warns).
-pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+pytestmark = [
+    pytest.mark.usefixtures("keras_float64"),  # tests/conftest.py
+    pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),
+]
 _rng = np.random.default_rng(7)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _float64():
-    old_floatx, old_policy = keras.config.floatx(), keras.config.dtype_policy()
-    keras.config.set_floatx("float64")
-    keras.config.set_dtype_policy("float64")
-    yield
-    keras.config.set_floatx(old_floatx)
-    keras.config.set_dtype_policy(old_policy)
 
 
 def drop(variant: str, rate: float, seed: int, **kw):

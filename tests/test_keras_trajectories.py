@@ -20,7 +20,10 @@ import pytest  # noqa: E402
 from dropout_lib import mapping, twins  # noqa: E402
 from dropout_lib.keras_trajectories import fit_trajectory, trajectory_gaps  # noqa: E402
 
-pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+pytestmark = [
+    pytest.mark.usefixtures("keras_float64"),  # tests/conftest.py
+    pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),
+]
 RATE = 0.3   # Keras's drop probability; keep_prob p = 0.7
 STEPS = 8
 _rng = np.random.default_rng(3)
@@ -28,14 +31,6 @@ X = _rng.normal(size=(16, 4))
 Y = _rng.normal(size=(16, 2))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _float64():
-    old_floatx, old_policy = keras.config.floatx(), keras.config.dtype_policy()
-    keras.config.set_floatx("float64")
-    keras.config.set_dtype_policy("float64")
-    yield
-    keras.config.set_floatx(old_floatx)
-    keras.config.set_dtype_policy(old_policy)
 
 
 def net(rate: float = RATE) -> keras.Model:

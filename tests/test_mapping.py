@@ -51,21 +51,15 @@ TOL = 1e-12
 WRONG = 1e-5
 
 # Keras's convert_to_numpy calls np.array(x) on TF tensors (numpy 2 warns).
-pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+pytestmark = [
+    pytest.mark.usefixtures("keras_float64"),  # tests/conftest.py
+    pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),
+]
 _rng = np.random.default_rng(2014)
 X = _rng.normal(size=(16, 6))
 Y = _rng.normal(size=(16, 3))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _float64():
-    """float64 layers AND optimizer variables (the learning rate lives in floatx)."""
-    old_floatx, old_policy = keras.config.floatx(), keras.config.dtype_policy()
-    keras.config.set_floatx("float64")
-    keras.config.set_dtype_policy("float64")
-    yield
-    keras.config.set_floatx(old_floatx)
-    keras.config.set_dtype_policy(old_policy)
 
 
 # ------------------------------------------------------------------ helpers
