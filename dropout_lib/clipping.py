@@ -42,6 +42,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from dropout_lib.optimizers import (
+    _lookup,
     HyperParam,
     Optimizer,
     Params,
@@ -78,17 +79,6 @@ def _check_threshold(value: float, what: str) -> float:
     if not (math.isfinite(v) and v > 0.0):
         raise ValueError(f"{what} must be a finite number > 0; got {value!r}.")
     return v
-
-
-def _lookup(threshold: HyperParam, name: str) -> float:
-    if not isinstance(threshold, Mapping):
-        return float(threshold)
-    if name not in threshold:
-        raise ValueError(
-            f"threshold has no entry for parameter {name!r} (it has {sorted(threshold)}); "
-            "give a value for every parameter, or a single float for all."
-        )
-    return float(threshold[name])
 
 
 class Clipped(Optimizer):
@@ -188,7 +178,7 @@ class Clipped(Optimizer):
         out: Params = {}
         active: dict[str, bool] = {}
         for name, g in grads.items():
-            t = _lookup(self.threshold, name)
+            t = _lookup(self.threshold, name, "threshold")
             if self.rule == "norm":
                 out[name] = clip_by_norm(g, t)
                 active[name] = float(np.linalg.norm(g)) > t
