@@ -58,7 +58,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from .reference import VARIANTS, Variant, check_keep_prob
+from .reference import Variant, check_keep_prob, check_variant
 
 __all__ = [
     "MAX_ENUMERATED_UNITS",
@@ -90,14 +90,6 @@ _BLOCK_ENTRIES = 1 << 17
 # --------------------------------------------------------------------------- #
 
 
-def _check_variant(variant: str) -> Variant:
-    if variant not in VARIANTS:
-        raise ValueError(
-            f"variant must be one of {VARIANTS}; got {variant!r}. 'standard' is "
-            "the paper's (train m*h, test p*h), 'inverted' is Keras's "
-            "(train m*h/p, test h)."
-        )
-    return variant  # type: ignore[return-value]
 
 
 def _check_chunk(chunk: int | None) -> int | None:
@@ -481,7 +473,7 @@ def subnetwork_logits(
     -------
     ndarray of shape ``(k, n_classes)`` for one input or ``(k, batch, n_classes)``.
     """
-    v = _check_variant(variant)
+    v = check_variant(variant)
     xs, single = net._check_x(x)
     m = np.asarray(masks, dtype=np.float64)
     one_mask = m.ndim == 1
@@ -511,7 +503,7 @@ def weight_scaled_logits(
     -------
     ndarray of shape ``(n_classes,)`` or ``(batch, n_classes)``, matching ``x``.
     """
-    v = _check_variant(variant)
+    v = check_variant(variant)
     h, single = net._check_x(x)
     last = len(net.weights) - 1
     for i, (w, b, p) in enumerate(zip(net.weights, net.biases, net.keep_probs)):
@@ -574,7 +566,7 @@ def enumerate_ensemble(
     -------
     EnsembleResult
     """
-    v = _check_variant(variant)
+    v = check_variant(variant)
     size = _check_chunk(chunk)
     xs, single = net._check_x(x)
     n = _check_n_units(net.n_dropped)
@@ -768,7 +760,7 @@ def mc_dropout_predict(
     -------
     ndarray of shape ``(n_classes,)`` or ``(batch, n_classes)``, matching ``x``.
     """
-    v = _check_variant(variant)
+    v = check_variant(variant)
     t = _check_positive_int("n_samples", n_samples)
     size = _check_chunk(chunk)
     xs, single = net._check_x(x)
@@ -837,7 +829,7 @@ def mc_error_curve(
     -------
     MCErrorCurve
     """
-    v = _check_variant(variant)
+    v = check_variant(variant)
     reps = _check_positive_int("n_repeats", n_repeats)
     size = _check_chunk(chunk)
     ts = [_check_positive_int("each sample size", t) for t in sample_sizes]

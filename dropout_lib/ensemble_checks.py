@@ -32,7 +32,8 @@ from typing import TypeVar
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from .ensemble import DropoutNet, MCErrorCurve, _check_variant
+from .ensemble import DropoutNet, MCErrorCurve
+from .reference import check_variant
 from .reference import Variant, check_keep_prob
 
 __all__ = [
@@ -217,7 +218,7 @@ def enumeration_rounding_bound(
         The bound: a tolerance for ``max_c |A_c / A'_c - 1|`` and for
         ``max_c |A_c - A'_c|`` between two computed means that agree exactly.
     """
-    v = _check_variant(variant)
+    v = check_variant(variant)
     if not isinstance(net, DropoutNet):
         raise TypeError(f"net must be a DropoutNet; got {type(net).__name__}.")
     if isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk < 1:

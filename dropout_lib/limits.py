@@ -44,7 +44,7 @@ from scipy.optimize import least_squares, minimize_scalar
 from dropout_lib import mlp
 from dropout_lib.ensemble import mask_blocks, mask_probabilities
 from dropout_lib.optimizers import SGD, Adam, Optimizer
-from dropout_lib.reference import VARIANTS, Variant, check_keep_prob, check_mask
+from dropout_lib.reference import Variant, check_keep_prob, check_mask, check_variant
 from dropout_lib.training import TrainResult
 
 Params = dict[str, NDArray[np.float64]]
@@ -79,10 +79,6 @@ __all__ = [
 # ------------------------------------------------------------------ helpers
 
 
-def _check_variant(variant: str) -> Variant:
-    if variant not in VARIANTS:
-        raise ValueError(f"variant must be one of {VARIANTS}; got {variant!r}.")
-    return variant  # type: ignore[return-value]
 
 
 def _drop(variant: Variant, h: NDArray, p: float, mask: NDArray | None, training: bool) -> NDArray:
@@ -192,7 +188,7 @@ def two_input_layer(
     Shapes: ``h_dropped`` and ``h_clean`` ``(batch, n)``, ``W`` ``(n, k)``,
     ``b`` ``(k,)``, mask broadcastable to ``(batch, n)``; returns ``(batch, k)``.
     """
-    variant = _check_variant(variant)
+    variant = check_variant(variant)
     p = check_keep_prob(keep_prob)
     w1, w2, b = _layer_mats(params)
     h1 = _as_2d("h_dropped", h_dropped, w1.shape[0])
@@ -330,7 +326,7 @@ def autoencoder(
 
 
 def _autoencoder_forward(params, x, *, variant, keep_prob, mask, training, activation):
-    variant = _check_variant(variant)
+    variant = check_variant(variant)
     activation = _check_activation(activation)
     p = check_keep_prob(keep_prob)
     if not _is_tied(params):

@@ -37,10 +37,10 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from dropout_lib.reference import (
-    VARIANTS,
     Variant,
     check_keep_prob,
     check_mask,
+    check_variant,
     sample_mask,
 )
 
@@ -236,8 +236,7 @@ def _act_grad(name: str, z: NDArray, h: NDArray) -> NDArray:
 
 
 def _check_common(variant: str, activation: str) -> None:
-    if variant not in VARIANTS:
-        raise ValueError(f"variant must be one of {VARIANTS}; got {variant!r}.")
+    check_variant(variant)
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {ACTIVATIONS}; got {activation!r}.")
 

@@ -44,7 +44,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from dropout_lib import reference
-from dropout_lib.reference import VARIANTS, Variant, check_keep_prob
+from dropout_lib.reference import Variant, check_keep_prob, check_variant
 
 __all__ = [
     "Moments",
@@ -65,13 +65,6 @@ class Moments(NamedTuple):
     variance: NDArray
 
 
-def _check_variant(variant: str) -> Variant:
-    if variant not in VARIANTS:
-        raise ValueError(
-            f"variant must be one of {VARIANTS}; got {variant!r}. 'standard' is the "
-            "paper's dropout, 'inverted' is Keras's."
-        )
-    return variant  # type: ignore[return-value]
 
 
 def _keep_prob(keep_prob: float | Fraction) -> float | Fraction:
@@ -154,7 +147,7 @@ def output_mean(variant: Variant, x: ArrayLike, keep_prob: float, *, exact: bool
     exact
         If true, evaluate in rational arithmetic and round once to float64.
     """
-    variant = _check_variant(variant)
+    variant = check_variant(variant)
     p = check_keep_prob(keep_prob)
     if exact:
         xq, pq = as_fractions(x), Fraction(p)
@@ -170,7 +163,7 @@ def output_variance(variant: Variant, x: ArrayLike, keep_prob: float, *, exact: 
     ``m x / p``), from :math:`\\mathrm{Var}(c\\,m) = c^2 p (1 - p)` with
     ``c = x`` or ``c = x / p``. Parameters as in :func:`output_mean`.
     """
-    variant = _check_variant(variant)
+    variant = check_variant(variant)
     p = check_keep_prob(keep_prob)
     if exact:
         xq, pq = as_fractions(x), Fraction(p)
@@ -196,7 +189,7 @@ def enumerate_moments(variant: Variant, x: ArrayLike, keep_prob: float, *, exact
 
     Parameters as in :func:`output_mean`. Returns float64 arrays of ``x``'s shape.
     """
-    variant = _check_variant(variant)
+    variant = check_variant(variant)
     p = check_keep_prob(keep_prob)
     x = np.asarray(x, dtype=np.float64)
     f1 = reference.dropout(variant, x, p, training=True, mask=np.ones_like(x))
@@ -222,7 +215,7 @@ def sample_training_outputs(
     mask ``m ~ Bernoulli(keep_prob)`` drawn from ``rng`` (Keras's ``rate`` is
     ``1 - keep_prob``). Rows are independent.
     """
-    variant = _check_variant(variant)
+    variant = check_variant(variant)
     if isinstance(n_draws, bool) or not isinstance(n_draws, (int, np.integer)) or n_draws < 1:
         raise ValueError(f"n_draws must be a positive integer; got {n_draws!r}.")
     x = np.asarray(x, dtype=np.float64)

@@ -29,6 +29,7 @@ VARIANTS: tuple[Variant, ...] = ("standard", "inverted")
 
 __all__ = [
     "VARIANTS",
+    "check_variant",
     "check_keep_prob",
     "check_mask",
     "keep_prob_from_rate",
@@ -38,6 +39,23 @@ __all__ = [
     "inverted_dropout",
     "dropout",
 ]
+
+
+def check_variant(variant: str) -> Variant:
+    """Return ``variant`` after checking it is ``"standard"`` or ``"inverted"``.
+
+    Raises
+    ------
+    ValueError
+        For any other value.
+    """
+    if variant not in VARIANTS:
+        raise ValueError(
+            f"variant must be one of {VARIANTS}; got {variant!r}. 'standard' is the "
+            "paper's dropout (train m*h, test p*h), 'inverted' is Keras's "
+            "(train m*h/p, test h)."
+        )
+    return variant  # type: ignore[return-value]
 
 
 def check_keep_prob(keep_prob: float) -> float:
@@ -238,6 +256,4 @@ def dropout(
     rng: np.random.Generator | int | None = None,
 ) -> NDArray[np.floating]:
     """Dispatch to :func:`standard_dropout` or :func:`inverted_dropout` by name."""
-    if variant not in VARIANTS:
-        raise ValueError(f"variant must be one of {VARIANTS}; got {variant!r}.")
-    return _apply(variant, x, keep_prob, training, mask, rng)
+    return _apply(check_variant(variant), x, keep_prob, training, mask, rng)

@@ -65,7 +65,7 @@ import logging
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import keras
 import numpy as np
@@ -75,6 +75,7 @@ from dropout_lib.conversion import convert_weights, dropout_consumers
 from dropout_lib import mlp
 from dropout_lib.layers import StandardDropout
 from dropout_lib.mapping import kernel_scale
+from dropout_lib.reference import Variant, check_variant
 
 __all__ = [
     "TwinComparison",
@@ -92,21 +93,12 @@ __all__ = [
     "twin",
 ]
 
-Variant = Literal["standard", "inverted"]
 
 _L = keras.layers
 _SPATIAL = (_L.SpatialDropout1D, _L.SpatialDropout2D, _L.SpatialDropout3D)
 _INVERTED = (_L.Dropout,) + _SPATIAL
 
 
-def _check_variant(variant: str) -> Variant:
-    if variant not in ("standard", "inverted"):
-        raise ValueError(
-            f"variant must be 'standard' (the twin uses the paper's dropout, "
-            f"StandardDropout) or 'inverted' (the twin uses keras.layers.Dropout); "
-            f"got {variant!r}."
-        )
-    return variant  # type: ignore[return-value]
 
 
 def _check_model(model: Any) -> keras.Model:
@@ -256,7 +248,7 @@ def twin(model: keras.Model, variant: Variant) -> keras.Model:
     ValueError
         If a dropout layer already has the twin's variant.
     """
-    variant = _check_variant(variant)
+    variant = check_variant(variant)
     _check_model(model)
     for layer in dropout_layers(model):
         if _variant_of(layer) == variant:

@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from .reference import VARIANTS, Variant, check_keep_prob, dropout
+from .reference import check_keep_prob, check_variant, dropout
 from .stats import sample_variance, variance_of_sample_variance
 
 __all__ = [
@@ -71,13 +71,6 @@ __all__ = [
 # --------------------------------------------------------------------------- #
 
 
-def _check_variant(variant: str) -> Variant:
-    if variant not in VARIANTS:
-        raise ValueError(
-            f"variant must be one of {VARIANTS}; got {variant!r}. 'standard' is the "
-            "paper's dropout (m*x, test p*x), 'inverted' is Keras's (m*x/p, test x)."
-        )
-    return variant  # type: ignore[return-value]
 
 
 def _as_float(name: str, value: ArrayLike) -> NDArray[np.float64]:
@@ -161,7 +154,7 @@ def dropout_moments(
     -------
     (mean, var) of ``d(x)``, float64 arrays of the broadcast shape.
     """
-    v = _check_variant(variant)
+    v = check_variant(variant)
     p = _check_keep_probs(keep_prob)
     mu = _as_float("mean", mean)
     s2 = _check_var("var", var)
@@ -267,7 +260,7 @@ def linear_dropout_moments(
     -------
     (mean, var) of ``z``, each of shape ``(n_out,)``.
     """
-    v = _check_variant(variant)
+    v = check_variant(variant)
     p = check_keep_prob(keep_prob)
     w, mu, c = _check_linear(weights, mean, cov)
     signal = np.einsum("ij,ik,kj->j", w, c, w)  # w'Cw per output
@@ -329,7 +322,7 @@ def empirical_dropout_moments(
     -------
     (mean, var, m4), each of shape ``(n,)``.
     """
-    v = _check_variant(variant)
+    v = check_variant(variant)
     p = check_keep_prob(keep_prob)
     arr = _as_float("x", x)
     if arr.ndim != 2 or arr.shape[0] < 1:
@@ -369,7 +362,7 @@ def mc_variance_shift_ratio(
     -------
     (ratio, se), of shape ``()`` or ``(units,)``.
     """
-    v = _check_variant(variant)
+    v = check_variant(variant)
     p = check_keep_prob(keep_prob)
     arr = _as_float("x", x)
     if arr.ndim not in (1, 2) or arr.shape[0] < 8:
