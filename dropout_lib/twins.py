@@ -52,7 +52,7 @@ Comparing twins
 ---------------
 :func:`compare_twins` runs two Keras models side by side (training calls on
 shared masks, then ``predict``); :func:`compare_mlp_twins` does the same for
-the exact float64 numpy nets of :mod:`dropout_lib.mlp`;
+the exact float64 numpy nets of :mod:`dropout_lib.exact.mlp`;
 :func:`rounding_tolerance` is the tolerance ``4 K eps`` for their relative
 difference, with its justification; :func:`drawn_masks` reads the masks a
 layer draws, to check that two layers draw the same ones.
@@ -72,7 +72,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from dropout_lib.conversion import convert_weights, dropout_consumers
-from dropout_lib import mlp
+from dropout_lib.exact import mlp
 from dropout_lib.layers import StandardDropout
 from dropout_lib.mapping import kernel_scale
 from dropout_lib.reference import Variant, check_variant
@@ -472,10 +472,10 @@ def compare_mlp_twins(
     activation: mlp.Activation = "relu",
     scale_biases: bool = False,
 ) -> TwinComparison:
-    """The numpy counterpart of :func:`compare_twins`, for :mod:`dropout_lib.mlp` nets.
+    """The numpy counterpart of :func:`compare_twins`, for :mod:`dropout_lib.exact.mlp` nets.
 
     Builds the standard twin of the inverted net ``params_inv``,
-    ``W_k -> W_k / p_k``, biases unchanged (:func:`dropout_lib.mlp.to_standard_params`;
+    ``W_k -> W_k / p_k``, biases unchanged (:func:`dropout_lib.exact.mlp.to_standard_params`;
     ``keep_probs`` are the keep probabilities ``p_k``, not Keras's rates), and
     compares the two outputs in one training pass with the given ``masks``
     (shared) and at inference; differences are relative to the inverted net's

@@ -1,4 +1,4 @@
-"""Tests of dropout_lib.adaptive: the Adam/RMSprop/Adagrad dropout map on the numpy nets.
+"""Tests of dropout_lib.exact.adaptive: the Adam/RMSprop/Adagrad dropout map on the numpy nets.
 
 An inverted-dropout net trained with ``opt(lr, eps)`` and its standard twin
 (``W / p``) trained with ``standard_optimizer(...)`` on the same batches and
@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dropout_lib import adaptive, compare, mlp
-from dropout_lib.optimizers import SGD, Adagrad, Adam, RMSprop
+from dropout_lib.exact import adaptive, compare, mlp
+from dropout_lib.exact.optimizers import SGD, Adagrad, Adam, RMSprop
 
 SIZES = (5, 7, 3)
 KEEP = (0.9, 0.7)   # neither a power of two: nothing is exact by luck

@@ -1,4 +1,4 @@
-"""Tests of dropout_lib.clipping: Keras's three clipping rules in front of an optimizer.
+"""Tests of dropout_lib.exact.clipping: Keras's three clipping rules in front of an optimizer.
 
 ``keep_prob`` is the paper's ``p``; Keras's ``rate`` is ``1 - p``. The dropout
 maps checked here (inverted -> standard): per-tensor ``clipnorm`` and
@@ -15,10 +15,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dropout_lib import compare, mlp
-from dropout_lib.clipping import Clipped, clip_by_value
-from dropout_lib.optimizers import SGD, Adam, clip_by_norm
-from dropout_lib.training import train
+from dropout_lib.exact import compare, mlp
+from dropout_lib.exact.clipping import Clipped, clip_by_value
+from dropout_lib.exact.optimizers import SGD, Adam, clip_by_norm
+from dropout_lib.exact.training import train
 
 SIZES = (5, 8, 6, 3)
 BATCH = 16

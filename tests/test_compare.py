@@ -1,4 +1,4 @@
-"""Tests of dropout_lib.compare: per-step gaps between an inverted and a mapped standard run."""
+"""Tests of dropout_lib.exact.compare: per-step gaps between an inverted and a mapped standard run."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dropout_lib import mlp
-from dropout_lib.compare import Factor, compare_training, fitted_factors, trajectory_gaps
-from dropout_lib.optimizers import SGD, Adam
+from dropout_lib.exact import mlp
+from dropout_lib.exact.compare import Factor, compare_training, fitted_factors, trajectory_gaps
+from dropout_lib.exact.optimizers import SGD, Adam
 
 SIZES = (4, 6, 5, 3)
 BATCH = 8

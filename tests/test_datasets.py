@@ -1,4 +1,4 @@
-"""Tests of dropout_lib.datasets: scikit-learn's bundled digits, loaded and split."""
+"""Tests of dropout_lib.book.datasets: scikit-learn's bundled digits, loaded and split."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dropout_lib import datasets as D
+from dropout_lib.book import datasets as D
 
 
 def _sorted_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:

@@ -1,12 +1,12 @@
-"""Tests of dropout_lib.divergence: counting ReLU units that are on in one run and off in the other."""
+"""Tests of dropout_lib.exact.divergence: counting ReLU units that are on in one run and off in the other."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from dropout_lib import compare, divergence, mlp
-from dropout_lib.optimizers import SGD
+from dropout_lib.exact import compare, divergence, mlp
+from dropout_lib.exact.optimizers import SGD
 
 SIZES = (4, 6, 5, 2)
 KEEP = (0.9, 0.7, 1.0)   # keep probabilities p; Keras rate = 1 - p

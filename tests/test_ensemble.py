@@ -1,4 +1,4 @@
-"""Tests of dropout_lib.ensemble: exact sub-network enumeration (result #10).
+"""Tests of dropout_lib.theory.ensemble: exact sub-network enumeration (result #10).
 
 Notation: keep_prob = p (the paper's); Keras's rate = 1 - p.
 """
@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dropout_lib import ensemble as E
+from dropout_lib.theory import ensemble as E
 
 FIELDS = ("arithmetic_mean", "nwgm", "weight_scaled")
 

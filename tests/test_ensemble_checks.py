@@ -1,4 +1,4 @@
-"""Tests of dropout_lib.ensemble_checks: twins, rounding bounds, MC rate fits.
+"""Tests of dropout_lib.book.ensemble_checks: twins, rounding bounds, MC rate fits.
 
 Notation: keep_prob = p (the paper's); Keras's rate = 1 - p.
 """
@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dropout_lib import ensemble as E
-from dropout_lib import ensemble_checks as C
+from dropout_lib.theory import ensemble as E
+from dropout_lib.book import ensemble_checks as C
 
 seeds = st.integers(0, 2**32 - 1)
 keep_probs = st.sampled_from([1.0, 0.9, 0.8, 0.5, 0.3])

@@ -1,4 +1,4 @@
-"""Tests of dropout_lib.experiment: the four-way run on the digits, and its statistics.
+"""Tests of dropout_lib.book.experiment: the four-way run on the digits, and its statistics.
 
 ``keep_prob`` is ``p``; the Config's ``rates`` are Keras's drop probabilities ``1 - p``.
 """
@@ -17,8 +17,8 @@ import pytest  # noqa: E402
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from dropout_lib import experiment as E  # noqa: E402
-from dropout_lib.datasets import digits_split  # noqa: E402
+from dropout_lib.book import experiment as E  # noqa: E402
+from dropout_lib.book.datasets import digits_split  # noqa: E402
 from dropout_lib.layers import StandardDropout  # noqa: E402
 
 # Small enough to run in seconds; rates with p = 0.8 and 0.6 (no power of two,

@@ -1,4 +1,4 @@
-"""Tests of dropout_lib.glued: the values a chapter glued, read back from its notebook.
+"""Tests of dropout_lib.book.glued: the values a chapter glued, read back from its notebook.
 
 The notebooks here are built from outputs that ``myst_nb.glue`` itself produces
 (its display call is captured), so the reader is tested against the real format,
@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from myst_nb.ext import glue as myst_glue
 
-from dropout_lib import glued
+from dropout_lib.book import glued
 
 fast = settings(max_examples=60, deadline=None)
 

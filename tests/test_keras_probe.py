@@ -1,4 +1,4 @@
-"""Tests of dropout_lib.keras_probe: what the installed Keras executes (result #12).
+"""Tests of dropout_lib.book.keras_probe: what the installed Keras executes (result #12).
 
 Notation: Keras's ``rate`` is the drop probability; keep_prob = p = 1 - rate.
 """
@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dropout_lib import keras_probe as kp
+from dropout_lib.book import keras_probe as kp
 
 FAST = settings(max_examples=8, deadline=None)
 rates = st.floats(0.05, 0.9)

@@ -1,4 +1,4 @@
-"""Tests of dropout_lib.keras_trajectories: recording ``model.fit`` and comparing twins.
+"""Tests of dropout_lib.book.keras_trajectories: recording ``model.fit`` and comparing twins.
 
 A Keras net with ``keras.layers.Dropout(rate)`` and its mapped twin with the
 paper's dropout (``W / p``, shared masks) trained by ``model.fit`` in float64,
@@ -18,7 +18,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from dropout_lib import mapping, twins  # noqa: E402
-from dropout_lib.keras_trajectories import fit_trajectory, trajectory_gaps  # noqa: E402
+from dropout_lib.book.keras_trajectories import fit_trajectory, trajectory_gaps  # noqa: E402
 
 pytestmark = [
     pytest.mark.usefixtures("keras_float64"),  # tests/conftest.py

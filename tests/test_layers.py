@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dropout_lib import keras_probe as kp
+from dropout_lib.book import keras_probe as kp
 from dropout_lib.layers import StandardDropout
 
 FAST = settings(max_examples=8, deadline=None)

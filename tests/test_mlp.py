@@ -1,4 +1,4 @@
-"""Tests of dropout_lib.mlp: exact backprop and the same-function theorem (PLAN #1, #2)."""
+"""Tests of dropout_lib.exact.mlp: exact backprop and the same-function theorem (PLAN #1, #2)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dropout_lib import mlp
+from dropout_lib.exact import mlp
 
 SIZES = (5, 8, 6, 3)
 BATCH = 16

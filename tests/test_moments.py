@@ -1,4 +1,4 @@
-"""Tests of dropout_lib.moments: exact means and variances of the two variants.
+"""Tests of dropout_lib.theory.moments: exact means and variances of the two variants.
 
 Notation: keep_prob = p (the paper's keep probability); Keras's rate = 1 - p.
 standard: E = p x, Var = p (1 - p) x^2; inverted: E = x, Var = (1 - p) x^2 / p.
@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from dropout_lib import moments as M
+from dropout_lib.theory import moments as M
 from dropout_lib import reference as R
 
 # Hypothesis: enough examples to find edge cases, few enough to stay fast; no

@@ -1,4 +1,4 @@
-"""Tests of dropout_lib.optimizers and dropout_lib.training: the hyperparameter maps.
+"""Tests of dropout_lib.exact.optimizers and dropout_lib.exact.training: the hyperparameter maps.
 
 An inverted-dropout net and the standard net with ``W -> W/p`` are trained on the
 same batches and the same masks; the standard trajectory, mapped back with
@@ -15,11 +15,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dropout_lib import mlp
-from dropout_lib.optimizers import (
+from dropout_lib.exact import mlp
+from dropout_lib.exact.optimizers import (
     SGD, Adagrad, Adam, RMSprop, clip_by_global_norm, clip_by_norm, max_norm,
 )
-from dropout_lib.training import train
+from dropout_lib.exact.training import train
 
 SIZES = (5, 8, 6, 3)
 BATCH = 16

@@ -1,4 +1,4 @@
-"""Tests of dropout_lib.stats: Monte Carlo estimates, standard errors, z-scores.
+"""Tests of dropout_lib.theory.stats: Monte Carlo estimates, standard errors, z-scores.
 
 The standard error of the sample variance rests on the formula
 Var(s^2) = (mu_4 - (n-3)/(n-1) sigma^4) / n; it is checked here exactly, in
@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from dropout_lib import stats
+from dropout_lib.theory import stats
 
 # Hypothesis: enough examples to find edge cases, few enough to stay fast; no
 # per-example deadline, since the 2-core test machine is shared.

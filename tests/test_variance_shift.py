@@ -1,4 +1,4 @@
-"""Tests of dropout_lib.variance_shift: moments after dropout and BatchNorm (result #11).
+"""Tests of dropout_lib.theory.variance_shift: moments after dropout and BatchNorm (result #11).
 
 Notation: keep_prob = p (the paper's); Keras's rate = 1 - p. The exact tests
 enumerate the joint law of (data row, mask) on small data sets instead of
@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dropout_lib import moments
-from dropout_lib import variance_shift as vs
+from dropout_lib.theory import moments
+from dropout_lib.theory import variance_shift as vs
 from dropout_lib.reference import dropout
 
 keep_probs = st.floats(0.05, 1.0)
@@ -79,7 +79,7 @@ def test_inverted_is_standard_over_p(mu, s2, p, training):
 @settings(max_examples=40, deadline=None)
 @given(h=st.floats(-10, 10), p=keep_probs, variant=variants)
 def test_fixed_input_agrees_with_chapter_one_moments(h, p, variant):
-    """s2 = 0, mu = h: the per-input moments of dropout_lib.moments."""
+    """s2 = 0, mu = h: the per-input moments of dropout_lib.theory.moments."""
     mean, var = vs.dropout_moments(variant, p, h, 0.0, training=True)
     np.testing.assert_allclose(mean, moments.output_mean(variant, h, p), rtol=1e-14, atol=1e-300)
     np.testing.assert_allclose(var, moments.output_variance(variant, h, p), rtol=1e-13, atol=1e-300)

@@ -27,7 +27,7 @@ it numerically:
 * :func:`scan_and_refine`, a one-dimensional search (grid, then Brent), and
   :func:`mask_expectation`, an exact expectation over all masks.
 
-A parameter dict maps names to float64 arrays as in :mod:`dropout_lib.mlp`;
+A parameter dict maps names to float64 arrays as in :mod:`dropout_lib.exact.mlp`;
 every layer computes ``z = d(h) @ W + b`` with row vectors.
 """
 
@@ -41,11 +41,11 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy.optimize import least_squares, minimize_scalar
 
-from dropout_lib import mlp
-from dropout_lib.ensemble import mask_blocks, mask_probabilities
-from dropout_lib.optimizers import SGD, Adam, Optimizer
+from dropout_lib.exact import mlp
+from dropout_lib.theory.ensemble import mask_blocks, mask_probabilities
+from dropout_lib.exact.optimizers import SGD, Adam, Optimizer
 from dropout_lib.reference import Variant, check_keep_prob, check_mask, check_variant
-from dropout_lib.training import TrainResult
+from dropout_lib.exact.training import TrainResult
 
 Params = dict[str, NDArray[np.float64]]
 Activation = str
@@ -295,7 +295,7 @@ def _is_tied(params: Mapping[str, NDArray]) -> bool:
         return False
     raise ValueError(
         "autoencoder params must be {'W', 'b1', 'b2'} (tied: decoder = W.T) or "
-        f"{{'W1', 'b1', 'W2', 'b2'}} (untied, as dropout_lib.mlp); got {sorted(params)}."
+        f"{{'W1', 'b1', 'W2', 'b2'}} (untied, as dropout_lib.exact.mlp); got {sorted(params)}."
     )
 
 
@@ -316,7 +316,7 @@ def autoencoder(
         z = d(x) @ W + b1,   h = act(z),   y = h @ W.T + b2;
 
     untied (``{'W1', 'b1', 'W2', 'b2'}``): decoder ``h @ W2 + b2``, i.e.
-    :func:`dropout_lib.mlp.forward` with sizes ``(n, k, n)`` and keep
+    :func:`dropout_lib.exact.mlp.forward` with sizes ``(n, k, n)`` and keep
     probabilities ``(p, 1)``. ``d`` is the variant's dropout with keep
     probability ``p`` (Keras's rate is ``1 - p``); ``mask`` (``(batch, n)``) is
     required in training and refused at inference.
@@ -392,7 +392,7 @@ def autoencoder_loss_and_grads(
 
     Returns ``(loss, grads)``; with ``return_terms=True`` (tied only)
     ``(loss, grads, (encoder_term, decoder_term))``. An untied net is
-    :func:`dropout_lib.mlp.loss_and_grads` with target ``x``.
+    :func:`dropout_lib.exact.mlp.loss_and_grads` with target ``x``.
     """
     if not _is_tied(params):
         if return_terms:
@@ -474,7 +474,7 @@ def train_autoencoder(
 
     Step ``t`` reconstructs ``batches[t % len(batches)]`` with mask ``masks[t]``
     (:func:`autoencoder_loss_and_grads`), then ``optimizer.step``. ``params`` is
-    not modified; the returned :class:`dropout_lib.training.TrainResult` holds
+    not modified; the returned :class:`dropout_lib.exact.training.TrainResult` holds
     the final parameters, the losses and every snapshot.
     """
     if steps < 0:
@@ -596,9 +596,9 @@ def switch_keep_probs(
 
     Returns the new parameters (a copy); ``optimizer`` is changed in place. Its
     learning rate (and Adam's ``eps``) must be per-parameter dicts, as the
-    mapped standard optimizer's are (:func:`dropout_lib.mlp.per_parameter`).
-    Supports :class:`~dropout_lib.optimizers.SGD` and
-    :class:`~dropout_lib.optimizers.Adam` without weight decay or clipping.
+    mapped standard optimizer's are (:func:`dropout_lib.exact.mlp.per_parameter`).
+    Supports :class:`~dropout_lib.exact.optimizers.SGD` and
+    :class:`~dropout_lib.exact.optimizers.Adam` without weight decay or clipping.
     """
     kind = type(optimizer)
     if kind not in _LR_POWER:
@@ -615,7 +615,7 @@ def switch_keep_probs(
     if not isinstance(optimizer.lr, Mapping) or (kind in _EPS_POWER and not isinstance(optimizer.eps, Mapping)):
         raise ValueError(
             "the optimizer's lr (and Adam's eps) must be per-parameter dicts, as for a "
-            "mapped standard net: build them with dropout_lib.mlp.per_parameter."
+            "mapped standard net: build them with dropout_lib.exact.mlp.per_parameter."
         )
     L = mlp.n_layers(params_standard)
     old = [check_keep_prob(p) for p in old_keep_probs]
@@ -662,8 +662,8 @@ class WeightedGlobalClip:
     rule that reproduces Keras's ``global_clipnorm=c`` of the inverted net. No
     threshold of plain global clipping does (see :func:`gradient_norm_split`).
 
-    Duck-types :class:`~dropout_lib.optimizers.Optimizer` for
-    :func:`dropout_lib.training.train` (``step``, ``eval_point``).
+    Duck-types :class:`~dropout_lib.exact.optimizers.Optimizer` for
+    :func:`dropout_lib.exact.training.train` (``step``, ``eval_point``).
     """
 
     def __init__(self, optimizer: Optimizer, clipnorm: float, weights: Mapping[str, float]) -> None:
@@ -729,7 +729,7 @@ def gradient_norm_split(
 
     At step ``t`` (parameters ``history[t]``, batch ``t % len(data_batches)``,
     masks ``masks_sequence[t]``) the inverted gradients ``G`` are computed with
-    :func:`dropout_lib.mlp.loss_and_grads` (``kw``: ``activation``, ``loss``).
+    :func:`dropout_lib.exact.mlp.loss_and_grads` (``kw``: ``activation``, ``loss``).
     The mapped standard net's gradients are ``p_k G`` on consuming weights and
     ``G`` elsewhere (the gradient relation of the book), so its norms follow
     without a second net. Global clipping of the standard net at ``c'``
@@ -783,7 +783,7 @@ def mask_expectation(fn: Callable[[NDArray], ArrayLike], n_units: int, keep_prob
 
     ``fn`` receives one mask of shape ``(1, n_units)`` (so it broadcasts over a
     batch) and returns an array; the result is ``sum_m P(m) fn(m)`` with
-    ``P(m) = p^{|m|} (1 - p)^{n - |m|}`` (:func:`dropout_lib.ensemble.mask_probabilities`).
+    ``P(m) = p^{|m|} (1 - p)^{n - |m|}`` (:func:`dropout_lib.theory.ensemble.mask_probabilities`).
     """
     p = check_keep_prob(keep_prob)
     total = None

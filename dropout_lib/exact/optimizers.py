@@ -4,7 +4,7 @@ Every hyperparameter the dropout maps touch (learning rate ``lr``, ``eps``,
 ``weight_decay``, ``clipnorm``, Adagrad's ``initial_accumulator_value``) is
 either one float or a dict ``{parameter name: float}``, so a standard-dropout
 net can use ``eta / p^2`` on the weights that consume a dropped layer and
-``eta`` elsewhere (see :func:`dropout_lib.mlp.per_parameter`).
+``eta`` elsewhere (see :func:`dropout_lib.exact.mlp.per_parameter`).
 
 ``opt.step(params, grads)`` updates the dict ``params`` in place; the state is
 kept per parameter name. One step does, as Keras's ``BaseOptimizer.apply``

@@ -58,7 +58,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from .reference import Variant, check_keep_prob, check_variant
+from dropout_lib.reference import Variant, check_keep_prob, check_variant
 
 __all__ = [
     "MAX_ENUMERATED_UNITS",

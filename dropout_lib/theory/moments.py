@@ -32,7 +32,7 @@ to float64 at the end; the only rounding left is then the one inside the
 computation being checked.
 
 :func:`sample_training_outputs` draws Monte Carlo samples for
-:mod:`dropout_lib.stats`.
+:mod:`dropout_lib.theory.stats`.
 """
 
 from __future__ import annotations

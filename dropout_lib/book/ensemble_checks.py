@@ -1,10 +1,10 @@
 """How the ensemble chapter decides: twins, rounding bounds, convergence rates.
 
-The exact sums live in :mod:`dropout_lib.ensemble`; this module holds what the
+The exact sums live in :mod:`dropout_lib.theory.ensemble`; this module holds what the
 chapter needs to turn them into checks that can fail:
 
 * :func:`inverted_twin` and :func:`standard_twin`: the reparameterisation
-  ``W_inv = p * W_std`` (biases unchanged) of a :class:`~dropout_lib.ensemble.DropoutNet`
+  ``W_inv = p * W_std`` (biases unchanged) of a :class:`~dropout_lib.theory.ensemble.DropoutNet`
   that makes a standard-dropout net (the paper's) and an inverted-dropout net
   (Keras's) define the same sub-networks;
 * :func:`enumeration_rounding_bound`: a worst-case bound on the float64
@@ -32,9 +32,9 @@ from typing import TypeVar
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from .ensemble import DropoutNet, MCErrorCurve
-from .reference import check_variant
-from .reference import Variant, check_keep_prob
+from dropout_lib.theory.ensemble import DropoutNet, MCErrorCurve
+from dropout_lib.reference import check_variant
+from dropout_lib.reference import Variant, check_keep_prob
 
 __all__ = [
     "UNIT_ROUNDOFF",
@@ -301,7 +301,7 @@ def fit_mc_rate(
     Parameters
     ----------
     curve
-        From :func:`dropout_lib.ensemble.mc_error_curve`, with at least 2 runs
+        From :func:`dropout_lib.theory.ensemble.mc_error_curve`, with at least 2 runs
         and 2 sample sizes.
     n_boot
         Number of bootstrap resamples (at least 10).

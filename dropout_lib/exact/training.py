@@ -3,7 +3,7 @@
 Both dropout variants can be trained on *identical* randomness: the masks are
 an input, not drawn inside. So an inverted run and a standard run with the
 mapped hyperparameters can be compared step by step
-(:func:`dropout_lib.mlp.to_inverted_params` maps the standard trajectory back).
+(:func:`dropout_lib.exact.mlp.to_inverted_params` maps the standard trajectory back).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
-from dropout_lib.mlp import Activation, Loss, Masks, Params, loss_and_grads
-from dropout_lib.optimizers import Optimizer
+from dropout_lib.exact.mlp import Activation, Loss, Masks, Params, loss_and_grads
+from dropout_lib.exact.optimizers import Optimizer
 from dropout_lib.reference import Variant
 
 __all__ = ["TrainResult", "train"]
@@ -62,7 +62,7 @@ def train(
     Step ``t`` uses batch ``data_batches[t % len(data_batches)]`` (an ``(x, y)``
     pair) and masks ``masks_sequence[t]`` (or ``masks_sequence(t)``; one entry
     per layer input, ``None`` where ``keep_prob = 1``; see
-    :func:`dropout_lib.mlp.sample_masks`). The gradient of
+    :func:`dropout_lib.exact.mlp.sample_masks`). The gradient of
     ``loss + sum l2[name] ||W||^2`` is taken at ``optimizer.eval_point(params)``,
     then ``optimizer.step`` updates the parameters, then each
     ``constraints[name]`` is applied (``w <- constraint(w)``, as Keras applies

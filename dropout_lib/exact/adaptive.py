@@ -6,7 +6,7 @@ Keras's ``rate`` is ``1 - p``.
 An adaptive optimizer divides the gradient (or its running mean ``m``) by a
 running root of squared gradients (``v``, or Adagrad's sum ``G``), plus an
 ``epsilon``. Two placements occur (:data:`EPSILON_PLACEMENT`, read from
-:mod:`dropout_lib.optimizers`, whose docstrings cite the Keras lines):
+:mod:`dropout_lib.exact.optimizers`, whose docstrings cite the Keras lines):
 
 * outside the root, ``m / (sqrt(v) + eps)``: Adam (both forms), the paper form
   of RMSprop and of Adagrad;
@@ -48,9 +48,9 @@ from typing import Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from dropout_lib import compare, mlp
-from dropout_lib.optimizers import FORMS, Adagrad, Adam, Form, Optimizer, RMSprop
-from dropout_lib.training import train
+from dropout_lib.exact import compare, mlp
+from dropout_lib.exact.optimizers import FORMS, Adagrad, Adam, Form, Optimizer, RMSprop
+from dropout_lib.exact.training import train
 
 Placement = Literal["outside", "inside"]
 ADAPTIVE: tuple[type[Optimizer], ...] = (Adam, RMSprop, Adagrad)
@@ -92,8 +92,8 @@ def _adaptive_name(optimizer: type[Optimizer] | str) -> str:
     if name not in STATE_POWERS:
         raise ValueError(
             f"optimizer must be one of Adam, RMSprop, Adagrad (a class of "
-            f"dropout_lib.optimizers or its name); got {optimizer!r}. Plain SGD has "
-            "no epsilon: its map is lr / p**2 (dropout_lib.mlp.per_parameter)."
+            f"dropout_lib.exact.optimizers or its name); got {optimizer!r}. Plain SGD has "
+            "no epsilon: its map is lr / p**2 (dropout_lib.exact.mlp.per_parameter)."
         )
     return name
 
@@ -107,9 +107,9 @@ def _check_form(form: str) -> Form:
 def epsilon_power(optimizer: type[Optimizer] | str, form: Form = "keras") -> int:
     """Return ``e`` with ``eps_std = eps_inv * p**e``: 1 outside the root, 2 inside.
 
-    ``optimizer`` is :class:`~dropout_lib.optimizers.Adam`,
-    :class:`~dropout_lib.optimizers.RMSprop` or
-    :class:`~dropout_lib.optimizers.Adagrad` (or its name); ``form`` is
+    ``optimizer`` is :class:`~dropout_lib.exact.optimizers.Adam`,
+    :class:`~dropout_lib.exact.optimizers.RMSprop` or
+    :class:`~dropout_lib.exact.optimizers.Adagrad` (or its name); ``form`` is
     ``'keras'`` or ``'paper'`` (see :data:`EPSILON_PLACEMENT`).
     """
     placement = EPSILON_PLACEMENT[_adaptive_name(optimizer), _check_form(form)]
@@ -149,8 +149,8 @@ def standard_optimizer(
     Parameters
     ----------
     optimizer
-        :class:`~dropout_lib.optimizers.Adam`, :class:`~dropout_lib.optimizers.RMSprop`
-        or :class:`~dropout_lib.optimizers.Adagrad`.
+        :class:`~dropout_lib.exact.optimizers.Adam`, :class:`~dropout_lib.exact.optimizers.RMSprop`
+        or :class:`~dropout_lib.exact.optimizers.Adagrad`.
     params
         The net's parameters (only their names are used).
     initial_accumulator_value
@@ -163,7 +163,7 @@ def standard_optimizer(
     if not (isinstance(optimizer, type) and issubclass(optimizer, Optimizer)):
         raise ValueError(
             f"optimizer must be a class (Adam, RMSprop or Adagrad from "
-            f"dropout_lib.optimizers); got {optimizer!r}."
+            f"dropout_lib.exact.optimizers); got {optimizer!r}."
         )
     form = _check_form(form)
     if eps_power is None:
@@ -194,7 +194,7 @@ def state_to_inverted(
     Returns ``S -> {name: S[name] * p_k**(-power)}`` on consuming weights
     (``power`` from :data:`STATE_POWERS`) and ``S[name]`` elsewhere: the
     ``to_inverted`` argument of
-    :meth:`dropout_lib.compare.Comparison.state_gap`. For example Adam's
+    :meth:`dropout_lib.exact.compare.Comparison.state_gap`. For example Adam's
     ``'v'`` (power 2): the inverted net's second moment is the standard
     one's divided by ``p_k**2``.
     """
@@ -266,12 +266,12 @@ def compare_runs(
 ) -> dict[str, compare.Comparison]:
     """One inverted run against several standard runs: ``{key: Comparison}``.
 
-    As :func:`dropout_lib.compare.compare_training` with
+    As :func:`dropout_lib.exact.compare.compare_training` with
     ``optimizer_standard = optimizers_standard[key]`` for each key, but the
     inverted net is trained once (it does not depend on the standard
     optimizer), which halves the work when one map is compared with several
     controls. Every standard run starts from
-    :func:`dropout_lib.mlp.to_standard_params` of ``params_inverted`` (``W_k / p_k``,
+    :func:`dropout_lib.exact.mlp.to_standard_params` of ``params_inverted`` (``W_k / p_k``,
     biases unchanged) and sees the same batches and masks. Give fresh
     optimizers (they hold the final state afterwards).
     """

@@ -8,7 +8,7 @@ trainable weights before the first step and after every step.
 :func:`trajectory_gaps` maps one model's snapshots into the other's
 coordinates (the consuming kernels times ``s``, see
 :func:`dropout_lib.mapping.kernel_scale`) and returns the relative gap at
-every step, as :func:`dropout_lib.compare.trajectory_gaps` does for the numpy
+every step, as :func:`dropout_lib.exact.compare.trajectory_gaps` does for the numpy
 nets:
 
     gaps[t] = max_variable || s * W_other[t] - W_ref[t] || / || W_ref[t] ||.

@@ -11,14 +11,14 @@ Keras 3.15.1; at most one of the three may be given):
 Keras option       what happens to the gradient ``g_name`` of each parameter
 =================  ===================================================================
 ``clipnorm=c``     ``g * c / max(||g||, c)``: each tensor on its own
-                   (:func:`dropout_lib.optimizers.clip_by_norm`)
+                   (:func:`dropout_lib.exact.optimizers.clip_by_norm`)
 ``clipvalue=v``    ``clip(g, -v, v)``: each entry on its own (:func:`clip_by_value`)
 ``global_clipnorm  ``g * c * min(1/N, 1/c)``, ``N = sqrt(sum_name ||g_name||^2)``: one
 =c``               factor for all tensors
-                   (:func:`dropout_lib.optimizers.clip_by_global_norm`)
+                   (:func:`dropout_lib.exact.optimizers.clip_by_global_norm`)
 =================  ===================================================================
 
-:class:`dropout_lib.optimizers.Optimizer` has ``clipnorm`` and
+:class:`dropout_lib.exact.optimizers.Optimizer` has ``clipnorm`` and
 ``global_clipnorm`` but no ``clipvalue``. :class:`Clipped` wraps any optimizer
 (without clipping of its own) with any of the three rules, thresholds per
 parameter where the rule allows it, and records at every step which tensors
@@ -41,7 +41,7 @@ from typing import Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from dropout_lib.optimizers import (
+from dropout_lib.exact.optimizers import (
     _lookup,
     HyperParam,
     Optimizer,
@@ -87,7 +87,7 @@ class Clipped(Optimizer):
     Parameters
     ----------
     optimizer
-        A :class:`dropout_lib.optimizers.Optimizer` without ``clipnorm`` or
+        A :class:`dropout_lib.exact.optimizers.Optimizer` without ``clipnorm`` or
         ``global_clipnorm`` of its own (Keras allows one clipping rule).
     rule
         ``'norm'`` (Keras's ``clipnorm``), ``'value'`` (``clipvalue``) or
@@ -95,7 +95,7 @@ class Clipped(Optimizer):
     threshold
         ``c`` or ``v``: a float, or for ``'norm'`` and ``'value'`` a dict
         ``{parameter name: float}`` (e.g. ``c * p`` on consuming weights, from
-        :func:`dropout_lib.mlp.per_parameter`). ``'global_norm'`` takes one float.
+        :func:`dropout_lib.exact.mlp.per_parameter`). ``'global_norm'`` takes one float.
 
     Attributes
     ----------
@@ -106,9 +106,9 @@ class Clipped(Optimizer):
 
     The wrapped optimizer sees the clipped gradients, so with ``rule='norm'``
     or ``'global_norm'`` this is the same arithmetic as the optimizer's own
-    ``clipnorm`` or ``global_clipnorm``. An :class:`~dropout_lib.optimizers.Optimizer`
-    itself (for :func:`dropout_lib.training.train` and
-    :func:`dropout_lib.compare.compare_training`): ``step`` and ``eval_point``
+    ``clipnorm`` or ``global_clipnorm``. An :class:`~dropout_lib.exact.optimizers.Optimizer`
+    itself (for :func:`dropout_lib.exact.training.train` and
+    :func:`dropout_lib.exact.compare.compare_training`): ``step`` and ``eval_point``
     delegate to the wrapped optimizer, and ``iterations``, ``state`` and ``lr``
     are the wrapped optimizer's.
     """
@@ -121,7 +121,7 @@ class Clipped(Optimizer):
         # belong to the wrapped optimizer.
         if not isinstance(optimizer, Optimizer):
             raise TypeError(
-                f"optimizer must be a dropout_lib.optimizers.Optimizer; got "
+                f"optimizer must be a dropout_lib.exact.optimizers.Optimizer; got "
                 f"{type(optimizer).__name__}."
             )
         if optimizer.clipnorm is not None or optimizer.global_clipnorm is not None:

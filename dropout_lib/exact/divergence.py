@@ -2,8 +2,8 @@
 
 Notation: ``keep_prob`` is the paper's ``p``; Keras's ``rate`` is ``1 - p``.
 
-Two runs of :func:`dropout_lib.compare.compare_training` (or
-:func:`dropout_lib.adaptive.compare_runs`) compute the same function at every
+Two runs of :func:`dropout_lib.exact.compare.compare_training` (or
+:func:`dropout_lib.exact.adaptive.compare_runs`) compute the same function at every
 step when their hyperparameters are mapped, and nearly the same when a
 hyperparameter is slightly off. A small difference in the weights changes the
 loss, hence the next step, smoothly, as long as every ReLU unit is on (or off)
@@ -21,8 +21,8 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import NDArray
 
-from dropout_lib import mlp
-from dropout_lib.compare import Comparison
+from dropout_lib.exact import mlp
+from dropout_lib.exact.compare import Comparison
 
 __all__ = ["activation_flips", "first_flip"]
 
@@ -41,7 +41,7 @@ def activation_flips(
     training mode at their parameters before the step
     (``comparison.inverted.history[t]`` and ``comparison.standard.history[t]``),
     on step ``t``'s batch ``data_batches[t % len(data_batches)]`` with masks
-    ``masks_sequence[t]``, as :func:`dropout_lib.training.train` did (the
+    ``masks_sequence[t]``, as :func:`dropout_lib.exact.training.train` did (the
     gradient point of every optimizer except Sutskever's Nesterov form). The
     count is over every hidden layer, example and unit of ``z > 0`` in one
     run and ``z <= 0`` in the other. With ``activation='relu'`` this is a unit

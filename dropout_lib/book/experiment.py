@@ -7,7 +7,7 @@ dropout layers are configured, as ``keras.layers.Dropout`` is, by ``rate``.
 The experiment
 --------------
 One seed draws a training set of handwritten digits
-(:func:`dropout_lib.datasets.digits_split`), the initial weights and the
+(:func:`dropout_lib.book.datasets.digits_split`), the initial weights and the
 dropout masks. From one Keras MLP with ``keras.layers.Dropout``
 (:func:`digits_mlp`) it builds four nets and trains each with ``model.fit``,
 full batch (every step sees the whole training set: one step is one epoch),
@@ -64,7 +64,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from dropout_lib import twins
 from dropout_lib.conversion import converted_weights, dropout_consumers
-from dropout_lib.datasets import N_CLASSES, N_PIXELS, DigitsSplit, digits_split
+from dropout_lib.book.datasets import N_CLASSES, N_PIXELS, DigitsSplit, digits_split
 from dropout_lib.layers import StandardDropout
 from dropout_lib.mapping import clone_optimizer, mapped_multi_optimizer
 

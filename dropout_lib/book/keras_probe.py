@@ -717,7 +717,7 @@ def plot_dropout_maps(
     -------
     (fig, axes)
     """
-    from dropout_lib.plotting import COLORS, figure
+    from dropout_lib.book.plotting import COLORS, figure
 
     labels = {"inverted": "Keras Dropout (inverted)", "standard": "StandardDropout (paper)"}
     xs = np.asarray(x, dtype=np.float64).ravel()

@@ -14,7 +14,7 @@ standard coordinates and ``psi`` its inverse. By default
 ``phi = mlp.to_standard_params`` (``W_k -> W_k / p_k``, biases unchanged) and
 ``psi = mlp.to_inverted_params``; any other pair can be given. ``A'`` carries
 the mapped hyperparameters (e.g. ``lr -> lr / p^2`` for SGD on the consuming
-weights); the per-run extras of :func:`dropout_lib.training.train` (``l2``,
+weights); the per-run extras of :func:`dropout_lib.exact.training.train` (``l2``,
 ``constraints``) can differ between the runs too. A negative control is the same
 call with unmapped hyperparameters: its gap must be large.
 
@@ -32,10 +32,10 @@ from typing import Any, NamedTuple
 import numpy as np
 from numpy.typing import NDArray
 
-from dropout_lib import mlp
-from dropout_lib.mlp import Masks, Params
-from dropout_lib.optimizers import Optimizer
-from dropout_lib.training import TrainResult, train
+from dropout_lib.exact import mlp
+from dropout_lib.exact.mlp import Masks, Params
+from dropout_lib.exact.optimizers import Optimizer
+from dropout_lib.exact.training import TrainResult, train
 
 ParamMap = Callable[[Mapping[str, NDArray]], Params]
 OptimizerLike = Optimizer | Callable[[], Optimizer]
@@ -110,7 +110,7 @@ def trajectory_gaps(
 
     (the absolute difference where ``||r_t[name]|| = 0``) and
     ``gaps[t] = max_name per_name[name][t]``: the quantity of
-    :func:`dropout_lib.mlp.relative_difference` at every step.
+    :func:`dropout_lib.exact.mlp.relative_difference` at every step.
 
     Raises
     ------
@@ -148,7 +148,7 @@ class Comparison:
     Attributes
     ----------
     inverted, standard
-        The two runs (:class:`dropout_lib.training.TrainResult`, with histories);
+        The two runs (:class:`dropout_lib.exact.training.TrainResult`, with histories);
         ``standard`` is in standard coordinates.
     gaps
         ``gaps[t]``, ``t = 0 .. steps``: the relative gap after ``t`` steps between
@@ -242,7 +242,7 @@ def _fresh(optimizer: OptimizerLike, which: str) -> Optimizer:
     opt = optimizer() if not isinstance(optimizer, Optimizer) and callable(optimizer) else optimizer
     if not isinstance(opt, Optimizer):
         raise ValueError(
-            f"optimizer_{which} must be a dropout_lib.optimizers.Optimizer or a "
+            f"optimizer_{which} must be a dropout_lib.exact.optimizers.Optimizer or a "
             f"callable returning one; got {type(opt).__name__}."
         )
     if opt.iterations != 0 or opt.state:
@@ -274,7 +274,7 @@ def compare_training(
 
     The inverted net starts from ``params_inverted``, the standard net from
     ``params_standard`` (by default ``to_standard(params_inverted)``). Both runs
-    call :func:`dropout_lib.training.train` with ``steps``, the same
+    call :func:`dropout_lib.exact.training.train` with ``steps``, the same
     ``data_batches`` and ``masks_sequence``, and ``train_kw`` (e.g.
     ``activation``, ``loss``); ``inverted_kw`` and ``standard_kw`` add or override
     keyword arguments for one run only (a mapped ``l2`` or ``constraints``).
@@ -285,15 +285,15 @@ def compare_training(
     ----------
     keep_probs
         The paper's ``p`` per layer input (Keras's ``rate`` is ``1 - p``), as in
-        :func:`dropout_lib.mlp.forward`.
+        :func:`dropout_lib.exact.mlp.forward`.
     optimizer_inverted, optimizer_standard
-        Fresh :class:`dropout_lib.optimizers.Optimizer` objects, or zero-argument
+        Fresh :class:`dropout_lib.exact.optimizers.Optimizer` objects, or zero-argument
         factories returning them (e.g. ``lambda: SGD(eta, momentum=0.9)``).
         After the call they hold the final optimizer state (e.g. the velocity).
     to_standard, to_inverted
         The parameter map and its inverse; by default
-        :func:`dropout_lib.mlp.to_standard_params` and
-        :func:`dropout_lib.mlp.to_inverted_params` with ``keep_probs``.
+        :func:`dropout_lib.exact.mlp.to_standard_params` and
+        :func:`dropout_lib.exact.mlp.to_inverted_params` with ``keep_probs``.
 
     Returns
     -------

@@ -46,8 +46,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from .reference import check_keep_prob, check_variant, dropout
-from .stats import sample_variance, variance_of_sample_variance
+from dropout_lib.reference import check_keep_prob, check_variant, dropout
+from dropout_lib.theory.stats import sample_variance, variance_of_sample_variance
 
 __all__ = [
     "dropout_moments",
@@ -356,7 +356,7 @@ def mc_variance_shift_ratio(
     the estimate is the ratio of the two unbiased sample variances. The halves
     are independent, so the delta method gives the relative standard error
     ``sqrt((se_test/v_test)^2 + (se_train/v_train)^2)``
-    (:func:`dropout_lib.stats.sample_variance` for each).
+    (:func:`dropout_lib.theory.stats.sample_variance` for each).
 
     Returns
     -------
@@ -402,7 +402,7 @@ def moving_variance_law(
     For batches of ``B`` independent draws from a law with variance ``var``
     and 4th central moment ``m4``: ``E b = (B-1)/B var`` and
     ``Var b = ((B-1)/B)^2 (m4/B - var^2 (B-3)/(B(B-1)))``
-    (:func:`dropout_lib.stats.variance_of_sample_variance`); independent
+    (:func:`dropout_lib.theory.stats.variance_of_sample_variance`); independent
     batches give
 
     * mean ``m^T initial + (1 - m^T) E b``,
