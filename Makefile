@@ -30,6 +30,10 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade-strategy only-if-needed -r requirements.txt
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(PY) -m ipykernel install --prefix $(VENV) --name dropout-book \
+	    --display-name "Python 3 (dropout-book)" \
+	    --env TF_CPP_MIN_LOG_LEVEL 2 --env TF_ENABLE_ONEDNN_OPTS 0 \
+	    --env PYTHONHASHSEED 0 --env PYDEVD_DISABLE_FILE_VALIDATION 1 >/dev/null
 	touch $@
 
 # MathJax 3 from the npm registry, laid out so html_extra_path copies it to
@@ -61,7 +65,7 @@ book: execute
 test: execute
 	$(JB) build . --all -W -n --keep-going
 	DROPOUT_BOOK_BROWSER=required $(PY) -m pytest -n 2 --dist loadfile \
-	    tests $(CHAPTERS) --nbval --nbval-current-env --nbval-cell-timeout 120 \
+	    tests $(CHAPTERS) --nbval --nbval-kernel-name dropout-book --nbval-cell-timeout 120 \
 	    --nbval-sanitize-with tests/nbval_sanitize.cfg
 
 refresh: env

@@ -30,7 +30,12 @@ from pathlib import Path
 import nbformat
 from nbclient import NotebookClient
 
-KERNELSPEC = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
+# The project's own kernel, installed into .venv by `make` (see the Makefile's
+# kernel step): named for the project, so a user-level "python3" kernel elsewhere
+# on the machine cannot take its place, and carrying the environment the
+# chapters need (TF_CPP_MIN_LOG_LEVEL=2, TF_ENABLE_ONEDNN_OPTS=0, PYTHONHASHSEED=0).
+KERNEL_NAME = "dropout-book"
+KERNELSPEC = {"display_name": "Python 3 (dropout-book)", "language": "python", "name": KERNEL_NAME}
 
 
 def merge_streams(outputs: list) -> list:
@@ -76,7 +81,7 @@ def execute(path: Path, timeout: int) -> float:
     client = NotebookClient(
         nb,
         timeout=timeout,
-        kernel_name="python3",
+        kernel_name=KERNEL_NAME,
         record_timing=False,
         resources={"metadata": {"path": str(path.parent)}},
     )
