@@ -12,7 +12,10 @@ it numerically:
 * a layer whose one matrix reads a dropped and an undropped input,
   ``z = d(h_1) @ W + h_2 @ W + b`` (:func:`two_input_layer`), with the best
   standard layer found by linear least squares
-  (:func:`fit_standard_two_input_layer`);
+  (:func:`fit_standard_two_input_layer`); and a layer *called* on a dropped
+  and an undropped tensor, which gives two outputs ``d(h_1) @ W + b`` and
+  ``h_2 @ W + b`` (:func:`shared_layer_outputs`,
+  :func:`fit_standard_shared_layer`);
 * a tied autoencoder, decoder = encoder transposed, with dropout on its input
   (:func:`autoencoder`, :func:`autoencoder_loss_and_grads`,
   :func:`train_autoencoder`); for ReLU the map ``W -> W / sqrt(p)``,
@@ -58,6 +61,8 @@ __all__ = [
     "two_input_layer",
     "two_input_layer_outputs",
     "fit_standard_two_input_layer",
+    "shared_layer_outputs",
+    "fit_standard_shared_layer",
     "autoencoder",
     "autoencoder_outputs",
     "autoencoder_loss_and_grads",
@@ -257,6 +262,93 @@ def fit_standard_two_input_layer(
     else:
         fitted = {"W_dropped": solution[:n], "W_clean": solution[n:2 * n], "b": solution[2 * n]}
     residual = relative_mismatch(design @ solution, target)
+    return Fit(residual=residual, params=fitted, residuals=[residual])
+
+
+def shared_layer_outputs(
+    params: Mapping[str, NDArray],
+    h_dropped: ArrayLike,
+    h_clean: ArrayLike,
+    masks: Sequence[ArrayLike],
+    *,
+    variant: Variant,
+    keep_prob: float,
+) -> NDArray[np.float64]:
+    """A dense layer called twice, on a dropped and on an undropped tensor: both outputs.
+
+    A Keras layer called on two tensors computes two outputs, each with its own
+    bias add: ``z_1 = d(h_1) @ W + b`` and ``z_2 = h_2 @ W + b``. With params
+    ``{'W', 'b'}`` the kernel and bias are shared by both calls; with
+    ``{'W_dropped', 'b_dropped', 'W_clean', 'b_clean'}`` each call has its own.
+    ``d`` is the variant's dropout with keep probability ``p`` (Keras's rate is
+    ``1 - p``). Returns, stacked by rows, ``z_1`` for every mask in ``masks``
+    (training), ``z_1`` at inference, then ``z_2``: shape
+    ``((len(masks) + 2) * batch, k)``, the outputs a search must match.
+    """
+    variant = check_variant(variant)
+    p = check_keep_prob(keep_prob)
+    if set(params) == {"W", "b"}:
+        w1 = w2 = np.asarray(params["W"], dtype=np.float64)
+        b1 = b2 = np.asarray(params["b"], dtype=np.float64)
+    elif set(params) == {"W_dropped", "b_dropped", "W_clean", "b_clean"}:
+        w1, b1, w2, b2 = (np.asarray(params[k], dtype=np.float64)
+                          for k in ("W_dropped", "b_dropped", "W_clean", "b_clean"))
+    else:
+        raise ValueError(
+            "params must be {'W', 'b'} (one layer called twice) or {'W_dropped', 'b_dropped', "
+            f"'W_clean', 'b_clean'}} (a layer per call); got {sorted(params)}."
+        )
+    h1 = _as_2d("h_dropped", h_dropped, w1.shape[0])
+    h2 = _as_2d("h_clean", h_clean, w2.shape[0])
+    outs = [_drop(variant, h1, p, np.asarray(m, dtype=np.float64), True) @ w1 + b1 for m in masks]
+    outs.append(_drop(variant, h1, p, None, False) @ w1 + b1)
+    outs.append(h2 @ w2 + b2)
+    return np.vstack(outs)
+
+
+def fit_standard_shared_layer(
+    params_inverted: Mapping[str, NDArray],
+    h_dropped: ArrayLike,
+    h_clean: ArrayLike,
+    masks: Sequence[ArrayLike],
+    keep_prob: float,
+    *,
+    share: bool,
+) -> Fit:
+    """The standard layer (called twice) closest to an inverted one: a global least-squares optimum.
+
+    The target is :func:`shared_layer_outputs` of the inverted layer
+    ``params_inverted`` (``{'W', 'b'}``, shared by both calls). The standard
+    layer's outputs are linear in its parameters: training row ``n`` of the
+    first call for mask ``m`` is ``[m_n h_1n, 1] @ [V; c]``, its inference row
+    ``[p h_1n, 1] @ [V; c]``, a row of the second call ``[h_2n, 1] @ [V; c]``
+    (with ``share=False`` the first call has its own ``(V_1, c_1)``, the second
+    ``(V_2, c_2)``). ``numpy.linalg.lstsq`` minimises the squared mismatch over
+    *all* such parameters, so :attr:`Fit.residual` is the smallest relative
+    mismatch (:func:`relative_mismatch`) any standard layer of that form
+    achieves on this data.
+    """
+    p = check_keep_prob(keep_prob)
+    target = shared_layer_outputs(params_inverted, h_dropped, h_clean, masks,
+                                  variant="inverted", keep_prob=p)
+    h1, h2 = _as_2d("h_dropped", h_dropped), _as_2d("h_clean", h_clean)
+    ones = np.ones((h1.shape[0], 1))
+    first = np.vstack([np.hstack([check_mask(m, h1.shape) * h1, ones]) for m in masks]
+                      + [np.hstack([p * h1, ones])])
+    second = np.hstack([h2, ones])
+    n = h1.shape[1]
+    if share:
+        design = np.vstack([first, second])
+        sol = np.linalg.lstsq(design, target, rcond=None)[0]
+        fitted = {"W": sol[:n], "b": sol[n]}
+        fit_out = design @ sol
+    else:
+        rows = first.shape[0]
+        sol1 = np.linalg.lstsq(first, target[:rows], rcond=None)[0]
+        sol2 = np.linalg.lstsq(second, target[rows:], rcond=None)[0]
+        fitted = {"W_dropped": sol1[:n], "b_dropped": sol1[n], "W_clean": sol2[:n], "b_clean": sol2[n]}
+        fit_out = np.vstack([first @ sol1, second @ sol2])
+    residual = relative_mismatch(fit_out, target)
     return Fit(residual=residual, params=fitted, residuals=[residual])
 
 
