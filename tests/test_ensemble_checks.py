@@ -230,24 +230,27 @@ def test_fit_validates() -> None:
 
 
 # --------------------------------------------------------------------------- #
-# time budget
+# rounding noise and deep rows
 # --------------------------------------------------------------------------- #
 
 
-def test_time_best_of_stops_when_within_budget() -> None:
-    calls = []
-    result, seconds = C.time_best_of(lambda: calls.append(1) or len(calls), budget_s=10.0)
-    assert result == 1 and len(calls) == 1 and 0 <= seconds < 10
+def test_rounding_noise_is_twice_the_bound_relative() -> None:
+    assert C.rounding_noise(0.1, 2.5e-11) == pytest.approx(5e-10)
+    assert C.rounding_noise(-0.1, 0.0) == 1e-12  # the floor
+    with pytest.raises(ValueError, match="nonzero"):
+        C.rounding_noise(0.0, 1e-11)
+    with pytest.raises(ValueError, match="bound"):
+        C.rounding_noise(1.0, -1.0)
 
 
-def test_time_best_of_retries_a_slow_run() -> None:
-    calls = []
-    _, seconds = C.time_best_of(lambda: calls.append(1), budget_s=1e-12, attempts=3)
-    assert len(calls) == 3 and seconds >= 0
-
-
-def test_time_best_of_validates() -> None:
-    with pytest.raises(ValueError, match="budget_s"):
-        C.time_best_of(lambda: None, budget_s=0)
-    with pytest.raises(ValueError, match="attempts"):
-        C.time_best_of(lambda: None, budget_s=1, attempts=0)
+def test_deep_ensembles_share_weights_and_measure_gaps() -> None:
+    widths = [3, 4, 2]
+    x = np.random.default_rng(1).normal(size=(2, 3))
+    rows = C.deep_ensembles(widths, {"a": (0.5, 1.0), "b": (1.0, 0.5)}, x, chunk=4, seed=3)
+    for w_a, w_b in zip(rows["a"].net.weights, rows["b"].net.weights):
+        np.testing.assert_array_equal(w_a, w_b)  # one net, two configurations
+    row = rows["b"]  # dropout only before the softmax layer: NWGM = WS to rounding
+    assert row.nwgm_gap <= row.bound
+    res = E.enumerate_ensemble(row.net, x, chunk=4)
+    assert row.am_gap == float(np.abs(res.arithmetic_mean - res.weight_scaled).max())
+    assert row.am_gap > row.bound

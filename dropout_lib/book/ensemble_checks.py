@@ -14,8 +14,11 @@ chapter needs to turn them into checks that can fail:
   against the number of draws ``T``, with a bootstrap standard error over the
   independent runs, and the measured-over-predicted mean squared error with
   its standard error;
-* :func:`he_dropout_net` (a random test net) and :func:`time_best_of` (a
-  wall-clock budget check that tolerates a busy machine).
+* :func:`he_dropout_net` (a random test net) and :func:`deep_ensembles` (one
+  such net enumerated under several dropout configurations, with the gaps the
+  chapter asserts on);
+* :func:`rounding_noise`: the relative difference two correct float64 machines
+  can show in an enumerated quantity, for :func:`dropout_lib.book.publish.glue_rounded`.
 
 Notation: ``keep_prob`` / ``p`` is the paper's keep probability; Keras's
 ``rate`` is ``1 - p``.
@@ -24,15 +27,13 @@ Notation: ``keep_prob`` / ``p`` is the paper's keep probability; Keras's
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from dropout_lib.theory.ensemble import DropoutNet, MCErrorCurve
+from dropout_lib.theory.ensemble import DropoutNet, EnsembleResult, MCErrorCurve, enumerate_ensemble
 from dropout_lib.reference import check_variant
 from dropout_lib.reference import Variant, check_keep_prob
 
@@ -44,7 +45,9 @@ __all__ = [
     "enumeration_rounding_bound",
     "MCRateFit",
     "fit_mc_rate",
-    "time_best_of",
+    "rounding_noise",
+    "DeepRow",
+    "deep_ensembles",
 ]
 
 #: ``u = 2^-53``, the unit roundoff of float64 (half the machine epsilon ``2^-52``).
@@ -55,8 +58,6 @@ UNIT_ROUNDOFF: float = 2.0**-53
 #: product ``P(m) * z``, the log-sum-exp, the final subtraction, log and exp.
 #: Generous on purpose; it is small next to the block sizes.
 _EXTRA_ROUNDINGS = 16
-
-T = TypeVar("T")
 
 
 # --------------------------------------------------------------------------- #
@@ -339,34 +340,80 @@ def fit_mc_rate(
 
 
 # --------------------------------------------------------------------------- #
-# Time budget
+# What a stored number may differ by between machines
 # --------------------------------------------------------------------------- #
 
 
-def time_best_of(
-    fn: Callable[[], T], budget_s: float, attempts: int = 3
-) -> tuple[T, float]:
-    """Run ``fn()`` until one run takes less than ``budget_s`` seconds, at most ``attempts`` times.
+def rounding_noise(value: float, bound: float, floor: float = 1e-12) -> float:
+    """Relative difference two correct float64 runs can show in an enumerated gap.
 
-    On a shared machine one run can be slowed by others; the best of a few
-    runs measures the code. Stops at the first run within budget.
+    ``bound`` is :func:`enumeration_rounding_bound`: the computed difference of
+    two ensemble means (or of a mean and the weight-scaled net) is within
+    ``bound`` of its exact value on *any* machine, whatever its summation order,
+    so two machines differ by at most ``2 * bound`` in absolute terms, a relative
+    ``2 * bound / |value|``. Returns that, but at least ``floor`` (the noise of
+    the few float operations that follow), for
+    :func:`dropout_lib.book.publish.glue_rounded`.
 
-    Returns
-    -------
-    (result, seconds)
-        The last run's result and the best wall-clock time (``time.perf_counter``).
-        Compare ``seconds < budget_s`` yourself; do not print it into a stored
-        notebook output (it changes every run).
+    >>> rounding_noise(0.1, 2.5e-11)
+    5e-10
     """
-    if not (isinstance(budget_s, (int, float)) and math.isfinite(budget_s) and budget_s > 0):
-        raise ValueError(f"budget_s must be a positive number of seconds; got {budget_s!r}.")
-    if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
-        raise ValueError(f"attempts must be a positive integer; got {attempts!r}.")
-    best = math.inf
-    for _ in range(attempts):
-        start = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - start)
-        if best < budget_s:
-            break
-    return result, best
+    value, bound = float(value), float(bound)
+    if not (math.isfinite(value) and value != 0.0):
+        raise ValueError(f"value must be finite and nonzero; got {value!r}.")
+    if not (math.isfinite(bound) and bound >= 0):
+        raise ValueError(f"bound must be a finite number >= 0; got {bound!r}.")
+    return max(2.0 * bound / abs(value), float(floor))
+
+
+@dataclass(frozen=True, eq=False)
+class DeepRow:
+    """One dropout configuration of a net, enumerated.
+
+    Attributes
+    ----------
+    net
+        The net (standard parameterisation, the paper's).
+    result
+        Its :class:`~dropout_lib.theory.ensemble.EnsembleResult`.
+    nwgm_gap, am_gap
+        ``max |NWGM - WS|`` and ``max |AM - WS|`` over inputs and classes.
+    bound
+        :func:`enumeration_rounding_bound` of the enumeration: a gap at most
+        this large is rounding, a larger one is real.
+    """
+
+    net: DropoutNet
+    result: EnsembleResult
+    nwgm_gap: float
+    am_gap: float
+    bound: float
+
+
+def deep_ensembles(
+    widths: Sequence[int],
+    configs: Mapping[str, Sequence[float]],
+    x: ArrayLike,
+    chunk: int,
+    seed: int = 0,
+) -> dict[str, DeepRow]:
+    """Enumerate one random ReLU net under several dropout configurations.
+
+    Every configuration gets the *same* weights, :func:`he_dropout_net` with
+    ``rng=seed`` (an untrained, He-initialised net), and its own keep
+    probabilities (one per layer, Keras's ``rate`` is ``1 - p``). Returns, per
+    configuration, the enumeration and the gaps of the weight-scaled net to the
+    two ensemble means with their rounding bound (:class:`DeepRow`).
+    """
+    rows: dict[str, DeepRow] = {}
+    for name, keep_probs in configs.items():
+        net = he_dropout_net(widths, keep_probs, rng=seed)
+        res = enumerate_ensemble(net, x, chunk=chunk)
+        rows[name] = DeepRow(
+            net=net,
+            result=res,
+            nwgm_gap=float(np.abs(res.nwgm - res.weight_scaled).max()),
+            am_gap=float(np.abs(res.arithmetic_mean - res.weight_scaled).max()),
+            bound=enumeration_rounding_bound(net, x, chunk),
+        )
+    return rows
