@@ -106,24 +106,24 @@ def glue_exact(name: str, value: Any) -> None:
     _glue(name, value)
 
 
-def glue_rounded(name: str, value: float, digits: int, noise: float) -> float:
+def glue_rounded(name: str, value: float, digits: int, noise: float) -> None:
     """Glue ``value`` rounded to ``digits`` significant digits, stable to relative ``noise``.
 
-    Returns the stored (rounded) number. See :func:`round_stable` for the rule
-    and the error raised when the value sits too close to a rounding boundary.
+    Returns None (so that a cell ending with the call displays nothing); use
+    :func:`round_stable` for the stored number. See :func:`round_stable` for
+    the rule and the error raised when the value sits too close to a rounding
+    boundary.
     """
-    stored = round_stable(value, digits, noise, name=name)
-    _glue(name, stored)
-    return stored
+    _glue(name, round_stable(value, digits, noise, name=name))
 
 
-def glue_bound(name: str, value: float, bound: float, *, what: str = "") -> float:
+def glue_bound(name: str, value: float, bound: float, *, what: str = "") -> None:
     """Assert ``0 <= value <= bound`` and glue the bound (the value is machine-dependent).
 
     ``bound`` is the justified tolerance of the check (machine epsilon times a
     stated factor, a number of standard errors); the prose then says the value
     is at most the glued bound. Raises ``AssertionError`` with ``what`` (what a
-    failure would mean) when the value exceeds the bound.
+    failure would mean) when the value exceeds the bound. Returns None.
     """
     value = float(value)
     if not (math.isfinite(value) and value >= 0):
@@ -131,7 +131,6 @@ def glue_bound(name: str, value: float, bound: float, *, what: str = "") -> floa
     if value > bound:
         raise AssertionError(f"{name} = {value!r} exceeds its bound {bound!r}. {what}".strip())
     _glue(name, bound)
-    return bound
 
 
 def glue_exact_many(values: Mapping[str, Any]) -> None:

@@ -1,0 +1,233 @@
+"""Producer-side maps: residual branches and dropout on attention probabilities.
+
+Notation: ``keep_prob`` is the paper's ``p``, the probability that a unit is
+kept; Keras's ``rate`` is the DROP probability ``1 - p``. Every model builder
+here takes Keras's ``rate``, as ``keras.layers.Dropout`` does.
+
+The consumer-side map of the book (``W -> W / p`` on the kernels that read a
+dropped tensor, biases unchanged) needs every reader of the dropped tensor to
+be a linear map that reads nothing else. Two layers that every Transformer has
+break that hypothesis:
+
+* a residual branch ``y = x + d(F(x))``: the reader of ``d(F(x))`` is the
+  addition, which also reads the undropped ``x``;
+* dropout on attention probabilities (``MultiHeadAttention(dropout=...)``):
+  the dropped probabilities ``d(S)`` are multiplied by the values ``V``.
+
+The factor can be absorbed on the other side of the dropout instead. If the
+dropped tensor is produced by an affine map whose parameters nothing else
+uses, ``h = u A + a``, then in the standard net ``(A, a) -> (A / p, a / p)``
+gives ``m * h / p``, the inverted net's training output, and ``p * h / p = h``,
+its inference output. For attention, the values ``V = x W_v + b_v`` are such a
+map (``d(S) V`` is linear in ``V``), and so is the output projection
+``W_o`` that reads ``d(S) V`` (a consumer-side map: kernel only).
+
+Helpers:
+
+* :func:`residual_model` and :func:`attention_model` build the two
+  architectures with either variant (:class:`StandardDropoutAttention` is
+  ``MultiHeadAttention`` with the paper's dropout, mask for mask);
+* :func:`copy_scaled` copies the inverted model's weights into the standard
+  one, dividing the chosen variables by ``p``;
+* :func:`mapped_optimizer` gives those variables the mapped optimizer
+  (:func:`dropout_lib.mapping.to_standard`) and every other variable the
+  original;
+* :func:`scaled_gaps` compares two recorded trajectories in the inverted
+  model's coordinates.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from typing import Literal
+
+import keras
+import numpy as np
+from numpy.typing import NDArray
+
+from dropout_lib.layers import StandardDropout
+from dropout_lib.mapping import clone_optimizer, to_standard
+
+Variant = Literal["inverted", "standard"]
+
+# Biases start away from 0 (Keras starts them at 0), so that a map that forgets
+# to scale a bias fails from the first step instead of after training moves it.
+_BIAS = "random_normal"
+
+__all__ = [
+    "StandardDropoutAttention",
+    "attention_model",
+    "copy_scaled",
+    "mapped_optimizer",
+    "residual_model",
+    "scaled_gaps",
+    "scales_for",
+    "variable_paths",
+]
+
+
+def _dropout(variant: Variant, rate: float, seed: int, name: str) -> keras.layers.Layer:
+    if variant == "inverted":
+        return keras.layers.Dropout(rate, seed=seed, name=name)
+    if variant == "standard":
+        return StandardDropout(rate, seed=seed, name=name)
+    raise ValueError(f"variant must be 'inverted' (Keras's Dropout) or 'standard' (the paper's); got {variant!r}.")
+
+
+def residual_model(
+    variant: Variant, *, features: int, hidden: int, outputs: int, rate: float, seed: int
+) -> keras.Model:
+    """``x -> head(x + d(ffn_out(relu(ffn_in(x)))))``: a Transformer-style residual branch.
+
+    ``d`` is ``keras.layers.Dropout(rate, seed)`` (``variant='inverted'``) or
+    :class:`dropout_lib.layers.StandardDropout` (``'standard'``): the same
+    masks for the same ``seed``. Layer names ``ffn_in``, ``ffn_out``,
+    ``drop``, ``head`` are fixed, so both variants have the same variable
+    paths. Kernels are drawn by Keras's default initialiser, biases from
+    ``random_normal`` (not 0, so that a map that forgets a bias fails at once),
+    both from the global seed: copy weights between the two with
+    :func:`copy_scaled`.
+    """
+    x = keras.Input((features,), name="x")
+    h = keras.layers.Dense(hidden, activation="relu", bias_initializer=_BIAS, name="ffn_in")(x)
+    f = keras.layers.Dense(features, bias_initializer=_BIAS, name="ffn_out")(h)
+    f = _dropout(variant, rate, seed, "drop")(f)
+    y = keras.layers.Add(name="residual")([x, f])
+    head = keras.layers.Dense(outputs, bias_initializer=_BIAS, name="head")
+    return keras.Model(x, head(y), name=f"residual_{variant}")
+
+
+class StandardDropoutAttention(keras.layers.MultiHeadAttention):
+    """``keras.layers.MultiHeadAttention`` with the paper's dropout on the attention probabilities.
+
+    Keras's layer applies ``keras.layers.Dropout(dropout, seed=seed)`` to the
+    softmax output ``S`` before multiplying by the values: ``(m * S / p) V``
+    in training, ``S V`` at inference (``p = 1 - dropout``). This subclass
+    uses :class:`dropout_lib.layers.StandardDropout` with the same rate and
+    seed instead, so it draws the same masks: ``(m * S) V`` in training,
+    ``(p S) V`` at inference. Everything else is Keras's code.
+    """
+
+    def _build_attention(self, rank: int) -> None:
+        super()._build_attention(rank)
+        self._dropout_layer = StandardDropout(rate=self._dropout, dtype=self.dtype_policy, seed=self.seed)
+
+
+def attention_model(
+    variant: Variant,
+    *,
+    steps: int,
+    features: int,
+    heads: int,
+    key_dim: int,
+    outputs: int,
+    rate: float,
+    seed: int,
+) -> keras.Model:
+    """``x -> head(flatten(MHA(x, x)))`` with dropout ``rate`` on the attention probabilities.
+
+    ``variant='inverted'`` uses ``keras.layers.MultiHeadAttention(dropout=rate,
+    seed=seed)``, ``'standard'`` :class:`StandardDropoutAttention`; the layer
+    is named ``mha`` (variables ``mha/query/...``, ``mha/key/...``,
+    ``mha/value/kernel``, ``mha/value/bias``, ``mha/attention_output/...``).
+    """
+    if variant not in ("inverted", "standard"):
+        raise ValueError(f"variant must be 'inverted' or 'standard'; got {variant!r}.")
+    cls = keras.layers.MultiHeadAttention if variant == "inverted" else StandardDropoutAttention
+    x = keras.Input((steps, features), name="x")
+    mha = cls(num_heads=heads, key_dim=key_dim, dropout=rate, seed=seed, bias_initializer=_BIAS, name="mha")
+    flat = keras.layers.Flatten(name="flat")(mha(x, x))
+    y = keras.layers.Dense(outputs, bias_initializer=_BIAS, name="head")(flat)
+    return keras.Model(x, y, name=f"attention_{variant}")
+
+
+def variable_paths(model: keras.Model, pattern: str) -> list[str]:
+    """Paths of ``model``'s trainable variables that fully match the regular expression ``pattern``.
+
+    Raises ``ValueError`` when none matches (a misspelt layer name would
+    otherwise map nothing, silently).
+    """
+    paths = [v.path for v in model.trainable_variables if re.fullmatch(pattern, v.path)]
+    if not paths:
+        known = ", ".join(v.path for v in model.trainable_variables)
+        raise ValueError(f"no trainable variable of {model.name!r} matches {pattern!r}; it has: {known}.")
+    return paths
+
+
+def copy_scaled(source: keras.Model, target: keras.Model, paths: Iterable[str], factor: float) -> None:
+    """Set ``target``'s weights to ``source``'s, multiplying the variables at ``paths`` by ``factor``.
+
+    The two models must have the same variables in the same order (the
+    builders above guarantee it). For the standard twin of an inverted model,
+    ``factor = 1 / p`` on the absorbing variables.
+    """
+    paths = set(paths)
+    src, dst = source.trainable_variables, target.trainable_variables
+    if [v.path for v in src] != [v.path for v in dst]:
+        raise ValueError("source and target must have the same variables in the same order.")
+    unknown = paths - {v.path for v in src}
+    if unknown:
+        raise ValueError(f"no such variables: {sorted(unknown)}.")
+    for s, d in zip(src, dst):
+        value = keras.ops.convert_to_numpy(s.value)
+        d.assign(value * factor if s.path in paths else value)
+
+
+def mapped_optimizer(
+    model: keras.Model, optimizer: keras.optimizers.Optimizer, paths: Sequence[str], keep_prob: float
+) -> keras.optimizers.Optimizer:
+    """A ``MultiOptimizer`` for the standard twin: the mapped optimizer on ``paths``, a copy elsewhere.
+
+    The variables at ``paths`` are the inverted net's divided by ``p``
+    (``keep_prob``; Keras's ``rate`` is ``1 - p``) and receive ``p`` times its
+    gradients, exactly as consumer-side kernels do, so they take
+    :func:`dropout_lib.mapping.to_standard` ``(optimizer, p)``; every other
+    variable takes a fresh copy of ``optimizer``. Needs Keras >= 3.15
+    (``keras.optimizers.MultiOptimizer``).
+    """
+    O = keras.optimizers  # noqa: N806
+    opt_map = O.OptimizerMap(default_optimizer=clone_optimizer(optimizer))
+    mapped = to_standard(optimizer, keep_prob)
+    known = {v.path for v in model.trainable_variables}
+    for path in paths:
+        if path not in known:
+            raise ValueError(f"{path!r} is not a trainable variable of {model.name!r}.")
+        opt_map[re.escape(path)] = mapped
+    return O.MultiOptimizer(opt_map)
+
+
+def scaled_gaps(
+    reference: Sequence[Sequence[NDArray]],
+    other: Sequence[Sequence[NDArray]],
+    scales: Sequence[float],
+) -> NDArray[np.float64]:
+    """``gaps[t] = || S other[t] - reference[t] || / || reference[t] ||`` over all variables at once.
+
+    ``reference`` and ``other`` are trajectories recorded by
+    :func:`dropout_lib.book.keras_trajectories.fit_trajectory` (the trainable
+    weights before the first step and after every step); ``S`` multiplies
+    the other model's variable ``i`` by ``scales[i]`` (``p`` on the absorbing
+    variables of a standard twin, 1 elsewhere), mapping it into the
+    reference's coordinates. The norm is taken over all variables together
+    (a relative gap per variable would divide by the norm of a variable that
+    is 0 by design, such as attention's key bias, whose gradient is zero up
+    to rounding). Computed in float64.
+    """
+    if len(reference) != len(other) or not reference:
+        raise ValueError(f"trajectories of {len(reference)} and {len(other)} snapshots; record equally many.")
+    gaps = np.empty(len(reference))
+    for t, (ref, oth) in enumerate(zip(reference, other)):
+        if not (len(ref) == len(oth) == len(scales)):
+            raise ValueError(f"snapshot {t}: {len(ref)}, {len(oth)} variables and {len(scales)} scales.")
+        diff = np.concatenate([(s * np.asarray(o, np.float64) - np.asarray(r, np.float64)).ravel()
+                               for r, o, s in zip(ref, oth, scales)])
+        size = np.concatenate([np.asarray(r, np.float64).ravel() for r in ref])
+        gaps[t] = float(np.linalg.norm(diff) / np.linalg.norm(size))
+    return gaps
+
+
+def scales_for(model: keras.Model, paths: Iterable[str], scale: float) -> list[float]:
+    """``scale`` for each trainable variable of ``model`` at ``paths``, 1.0 for the others."""
+    paths = set(paths)
+    return [scale if v.path in paths else 1.0 for v in model.trainable_variables]
