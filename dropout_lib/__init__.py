@@ -42,8 +42,9 @@ _PUBLIC = {
     "StandardDropout": "dropout_lib.layers",
     "to_standard": "dropout_lib.mapping",
     "to_inverted": "dropout_lib.mapping",
-    "NoExactMapError": "dropout_lib.mapping",
-    "NotConvertibleError": "dropout_lib.conversion",
+    "NoExactMapError": "dropout_lib.validation",
+    "convert_model": "dropout_lib.twins",
+    "NotConvertibleError": "dropout_lib.validation",
 }
 
 __all__ = sorted(_PUBLIC)

@@ -65,15 +65,16 @@ from keras import ops
 from numpy.typing import NDArray
 
 from dropout_lib.layers import StandardDropout
-from dropout_lib.mapping import (
+from dropout_lib.validation import (
     Direction,
     NoExactMapError,
-    _keras_scalar,
+    NotConvertibleError,
     check_direction,
-    kernel_scale,
+    check_keep_prob,
 )
 
 __all__ = [
+    "kernel_scale",
     "Consumer",
     "NotConvertibleError",
     "EquivariantMaxNorm",
@@ -93,8 +94,29 @@ __all__ = [
 L = keras.layers
 
 
-class NotConvertibleError(ValueError):
-    """The model's graph has no kernel rescaling that makes the two variants equal."""
+def kernel_scale(keep_prob: float, direction: Direction) -> float:
+    """Return ``s`` with ``W_target = s * W_source`` for a consuming kernel.
+
+    ``s = 1/keep_prob`` for ``'to_standard'`` (``W_std = W_inv / p``) and
+    ``s = keep_prob`` for ``'to_inverted'``. ``keep_prob`` is the keep
+    probability ``p``, not Keras's ``rate = 1 - p``.
+
+    Examples
+    --------
+    >>> kernel_scale(0.5, "to_standard"), kernel_scale(0.5, "to_inverted")
+    (2.0, 0.5)
+    """
+    p = check_keep_prob(keep_prob)
+    return 1.0 / p if check_direction(direction) == "to_standard" else p
+
+
+def _keras_scalar(value: Any) -> float:
+    """The value Keras computes with, ``ops.cast(value, 'float64')``.
+
+    A Python float passes through float32 (0.1 -> 0.10000000149011612); a
+    ``numpy.float64`` does not.
+    """
+    return float(ops.convert_to_numpy(ops.cast(value, "float64")))
 
 
 # ----------------------------------------------------------- layer tables

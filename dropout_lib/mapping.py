@@ -102,13 +102,25 @@ import math
 import re
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import keras
 import numpy as np
 from keras import ops
 
-from dropout_lib.reference import check_keep_prob
+from dropout_lib.conversion import (
+    _keras_scalar,
+    consumer_kernels,
+    dropout_consumers,
+    kernel_scale,
+)
+from dropout_lib.validation import (
+    DIRECTIONS,
+    Direction,
+    NoExactMapError,
+    check_direction,
+    check_keep_prob,
+)
 
 __all__ = [
     "DIRECTIONS",
@@ -123,52 +135,10 @@ __all__ = [
     "mapped_multi_optimizer",
 ]
 
-Direction = Literal["to_standard", "to_inverted"]
-DIRECTIONS: tuple[Direction, ...] = ("to_standard", "to_inverted")
-
 _O = keras.optimizers
 
 
-class NoExactMapError(ValueError):
-    """No hyperparameters of the same optimizer reproduce the other variant exactly.
-
-    Raised instead of returning an approximation; the message says why and
-    what to do instead.
-    """
-
-
 # ----------------------------------------------------------------- helpers
-
-
-def check_direction(direction: str) -> Direction:
-    """Return ``direction`` after checking it is ``'to_standard'`` or ``'to_inverted'``."""
-    if direction not in DIRECTIONS:
-        raise ValueError(
-            f"direction must be 'to_standard' (the source net uses Keras's inverted "
-            f"dropout, the target the paper's) or 'to_inverted' (the reverse); got "
-            f"{direction!r}."
-        )
-    return direction  # type: ignore[return-value]
-
-
-def kernel_scale(keep_prob: float, direction: Direction) -> float:
-    """Return ``s`` with ``W_target = s * W_source`` for a consuming kernel.
-
-    ``s = 1/keep_prob`` for ``'to_standard'`` (``W_std = W_inv / p``) and
-    ``s = keep_prob`` for ``'to_inverted'``. ``keep_prob`` is the keep
-    probability ``p``, not Keras's ``rate = 1 - p``.
-    """
-    p = check_keep_prob(keep_prob)
-    return 1.0 / p if check_direction(direction) == "to_standard" else p
-
-
-def _keras_scalar(value: Any) -> float:
-    """The value Keras computes with, ``ops.cast(value, 'float64')``.
-
-    A Python float passes through float32 (0.1 -> 0.10000000149011612); a
-    ``numpy.float64`` does not.
-    """
-    return float(ops.convert_to_numpy(ops.cast(value, "float64")))
 
 
 def _scaled_cast(value: Any, factor: float) -> Any:
@@ -667,8 +637,6 @@ def mapped_multi_optimizer(
     ``keras.saving.load_model`` fails to restore the optimizer state (also
     without this module): save weights, or load with ``compile=False``.
     """
-    from dropout_lib import conversion  # local: conversion imports this module
-
     check_direction(direction)
     if (keep_prob is None) != (consuming_layers is None):
         raise ValueError(
@@ -677,11 +645,11 @@ def mapped_multi_optimizer(
             "by walking the model."
         )
     if consuming_layers is None:
-        groups = [(c.keep_prob, c.variables) for c in conversion.dropout_consumers(model)]
+        groups = [(c.keep_prob, c.variables) for c in dropout_consumers(model)]
     else:
         check_keep_prob(keep_prob)
         groups = [
-            (keep_prob, conversion.consumer_kernels(layer))
+            (keep_prob, consumer_kernels(layer))
             for layer in _resolve_layers(model, consuming_layers)
         ]
 

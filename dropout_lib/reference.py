@@ -18,14 +18,20 @@ PyTorch and Flax implement.
 
 from __future__ import annotations
 
-import math
-from typing import Literal
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-Variant = Literal["standard", "inverted"]
-VARIANTS: tuple[Variant, ...] = ("standard", "inverted")
+from dropout_lib.validation import (
+    VARIANTS,
+    Variant,
+    check_keep_prob,
+    check_rate,
+    check_variant,
+    keep_prob_from_rate,
+    rate_from_keep_prob,
+)
 
 __all__ = [
     "VARIANTS",
@@ -35,87 +41,14 @@ __all__ = [
     "keep_prob_from_rate",
     "rate_from_keep_prob",
     "sample_mask",
+    "apply_dropout",
     "standard_dropout",
     "inverted_dropout",
     "dropout",
+    "relative_difference",
 ]
 
-
-def check_variant(variant: str) -> Variant:
-    """Return ``variant`` after checking it is ``"standard"`` or ``"inverted"``.
-
-    Raises
-    ------
-    ValueError
-        For any other value.
-    """
-    if variant not in VARIANTS:
-        raise ValueError(
-            f"variant must be one of {VARIANTS}; got {variant!r}. 'standard' is the "
-            "paper's dropout (train m*h, test p*h), 'inverted' is Keras's "
-            "(train m*h/p, test h)."
-        )
-    return variant  # type: ignore[return-value]
-
-
-def check_keep_prob(keep_prob: float) -> float:
-    """Return ``keep_prob`` as a float after checking ``0 < keep_prob <= 1``.
-
-    Raises
-    ------
-    ValueError
-        If ``keep_prob`` is not a finite number in ``(0, 1]``.
-    """
-    if isinstance(keep_prob, (bool, str, bytes)) or not np.isscalar(keep_prob):
-        raise TypeError(
-            f"keep_prob must be a real number in (0, 1]; got {keep_prob!r} "
-            f"of type {type(keep_prob).__name__}."
-        )
-    try:
-        value = float(keep_prob)
-    except (TypeError, ValueError):
-        raise TypeError(
-            f"keep_prob must be a real number in (0, 1]; got {keep_prob!r} "
-            f"of type {type(keep_prob).__name__}."
-        ) from None
-    if not math.isfinite(value) or not 0.0 < value <= 1.0:
-        raise ValueError(
-            f"keep_prob must be in (0, 1]; got {keep_prob!r}. keep_prob is the "
-            "probability of KEEPING a unit; Keras's rate (the drop probability) "
-            "is 1 - keep_prob, see keep_prob_from_rate()."
-        )
-    return value
-
-
-def _check_rate(rate: float) -> float:
-    if isinstance(rate, (bool, str, bytes)) or not np.isscalar(rate):
-        raise TypeError(
-            f"rate must be a real number in [0, 1); got {rate!r} "
-            f"of type {type(rate).__name__}."
-        )
-    try:
-        value = float(rate)
-    except (TypeError, ValueError):
-        raise TypeError(
-            f"rate must be a real number in [0, 1); got {rate!r} "
-            f"of type {type(rate).__name__}."
-        ) from None
-    if not math.isfinite(value) or not 0.0 <= value < 1.0:
-        raise ValueError(
-            f"rate must be in [0, 1); got {rate!r}. rate is Keras's DROP "
-            "probability (rate = 1 - keep_prob); rate = 1 would drop every unit."
-        )
-    return value
-
-
-def keep_prob_from_rate(rate: float) -> float:
-    """Return the keep probability ``p = 1 - rate`` for Keras's drop ``rate``."""
-    return 1.0 - _check_rate(rate)
-
-
-def rate_from_keep_prob(keep_prob: float) -> float:
-    """Return Keras's drop ``rate = 1 - p`` for the keep probability ``p``."""
-    return 1.0 - check_keep_prob(keep_prob)
+_check_rate = check_rate  # the one check lives in dropout_lib.validation
 
 
 def check_mask(mask: ArrayLike, shape: tuple[int, ...]) -> NDArray[np.float64]:
@@ -177,6 +110,47 @@ def sample_mask(
     return (gen.random(shape) < p).astype(np.float64)
 
 
+def apply_dropout(
+    variant: Variant, x: NDArray, keep_prob: float, mask: NDArray | None, *, training: bool
+) -> NDArray:
+    """The dropout operation itself, on already checked arguments (the one implementation).
+
+    ========  ===================================  ===============
+    variant   training (binary mask ``m``)          inference
+    ========  ===================================  ===============
+    standard  ``where(m, x, 0)``                    ``p * x``
+    inverted  ``where(m, x / p, 0)``                ``x``
+    ========  ===================================  ===============
+
+    ``where`` rather than ``m * x``, as ``keras.layers.Dropout`` does: a
+    dropped ``nan`` or ``inf`` gives 0 (``0 * nan`` would be ``nan``) and a
+    dropped negative gives ``+0.0``; kept entries are ``x`` (or ``x / p``),
+    non-finite ones included. ``keep_prob = 1`` without a mask is the
+    identity (a given mask is applied even then). Callers
+    check ``variant``, ``keep_prob`` and ``mask`` (:func:`dropout` does);
+    the result has the dtype of ``x``. Linear in ``x``: in training the
+    backward map of the gradient is the same operation.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> x = np.array([2.0, np.nan, -1.0])
+    >>> apply_dropout("inverted", x, 0.5, np.array([1.0, 0.0, 0.0]), training=True)
+    array([4., 0., 0.])
+    >>> apply_dropout("standard", x, 0.5, None, training=False)
+    array([ 1. ,  nan, -0.5])
+    """
+    if keep_prob == 1.0 and (mask is None or not training):
+        return x
+    arr = np.asarray(x)
+    p = arr.dtype.type(keep_prob) if np.issubdtype(arr.dtype, np.floating) else keep_prob
+    if not training:
+        return arr * p if variant == "standard" else arr
+    kept = np.asarray(mask) != 0
+    values = arr if variant == "standard" else arr / p
+    return np.where(kept, values, np.zeros((), dtype=values.dtype))
+
+
 def _apply(
     variant: Variant,
     x: ArrayLike,
@@ -197,10 +171,7 @@ def _apply(
             )
         return arr * arr.dtype.type(p) if variant == "standard" else arr.copy()
     m = sample_mask(arr.shape, p, rng) if mask is None else check_mask(mask, arr.shape)
-    m = m.astype(arr.dtype)
-    if variant == "standard":
-        return m * arr
-    return m * arr / arr.dtype.type(p)
+    return np.array(apply_dropout(variant, arr, p, m, training=True), copy=True)
 
 
 def standard_dropout(
@@ -257,3 +228,31 @@ def dropout(
 ) -> NDArray[np.floating]:
     """Dispatch to :func:`standard_dropout` or :func:`inverted_dropout` by name."""
     return _apply(check_variant(variant), x, keep_prob, training, mask, rng)
+
+
+def relative_difference(a: ArrayLike, b: ArrayLike) -> float:
+    """Return ``||a - b|| / ||b||`` (Frobenius norms, in float64); the one relative-gap helper.
+
+    The absolute difference ``||a - b||`` where ``||b|| = 0`` (so two zero
+    arrays are 0 apart). Every comparison of two runs, outputs or weight sets
+    in the package uses this measure.
+
+    Raises
+    ------
+    ValueError
+        If the shapes differ.
+
+    Examples
+    --------
+    >>> relative_difference([3.0, 4.0], [3.0, 4.0])
+    0.0
+    >>> relative_difference([3.0, 4.0 + 5e-16], [3.0, 4.0])
+    1.7763568394002506e-16
+    """
+    a64 = np.asarray(a, dtype=np.float64)
+    b64 = np.asarray(b, dtype=np.float64)
+    if a64.shape != b64.shape:
+        raise ValueError(f"shapes differ: {a64.shape} vs {b64.shape}.")
+    diff = float(np.linalg.norm(a64 - b64))
+    ref = float(np.linalg.norm(b64))
+    return diff / ref if ref > 0.0 else diff

@@ -71,13 +71,34 @@ import keras
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from dropout_lib.conversion import convert_weights, dropout_consumers
+from dropout_lib.conversion import (
+    Consumer,
+    converted_weights,
+    convert_weights,
+    dropout_consumers,
+    kernel_scale,
+    map_constraint,
+    map_initializer,
+    map_regularizer,
+)
 from dropout_lib.exact import mlp
 from dropout_lib.layers import StandardDropout
-from dropout_lib.mapping import kernel_scale
-from dropout_lib.reference import Variant, check_variant
+from dropout_lib.mapping import clone_optimizer, mapped_multi_optimizer
+from dropout_lib.reference import relative_difference
+from dropout_lib.validation import (
+    Direction,
+    NoExactMapError,
+    NotConvertibleError,
+    Variant,
+    check_variant,
+    direction_to,
+)
 
 __all__ = [
+    "ConvertedModel",
+    "convert_model",
+    "keras_float64",
+    "quiet_tensorflow",
     "TwinComparison",
     "ULPS_PER_LAYER",
     "compare_mlp_twins",
@@ -219,6 +240,57 @@ def share_masks(source: keras.Model, target: keras.Model) -> None:
             gen_b.state.assign(gen_a.state.value)
 
 
+_NOT_BERNOULLI = (_L.GaussianDropout, _L.AlphaDropout)
+_DROPOUT_ATTRIBUTES = ("dropout", "recurrent_dropout")
+
+
+def _hidden_dropouts(model: keras.Model, *, strict: bool) -> None:
+    """Refuse dropouts that a layer-by-layer swap cannot reach (or, ``strict``, cannot convert).
+
+    A dropout inside a nested model or inside another layer (a custom layer's
+    sublayer, ``MultiHeadAttention(dropout=...)``, ``LSTM(dropout=...)``) is
+    not a layer of ``model``'s graph: cloning would leave it unswapped and the
+    twins would differ silently. ``strict`` (for :func:`convert_model`) also
+    refuses dropout kinds that are not Bernoulli dropout, which have no
+    counterpart in the other variant.
+    """
+    for layer in model.layers:
+        where = f"layer {layer.name!r} ({type(layer).__name__})"
+        if strict and isinstance(layer, _NOT_BERNOULLI):
+            raise NotConvertibleError(
+                f"{where} is not Bernoulli dropout ({type(layer).__name__} multiplies by "
+                "Gaussian noise or sets dropped units to a constant), and only Bernoulli "
+                "dropout has a paper's and an inverted variant to swap. Replace it by "
+                "keras.layers.Dropout, or keep this model on one dropout variant."
+            )
+        if _is_dropout(layer):
+            continue
+        for attribute in _DROPOUT_ATTRIBUTES:
+            value = getattr(layer, attribute, None)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+                raise NotConvertibleError(
+                    f"{where} applies dropout inside itself ({attribute}={value}), which "
+                    "this conversion cannot see into or swap: it would stay Keras's "
+                    "inverted dropout while the rest changes. Set "
+                    f"{attribute}=0 and put a keras.layers.Dropout layer in the graph "
+                    "instead, or keep this model on one dropout variant."
+                )
+        inner = [
+            sub
+            for sub in layer._flatten_layers(include_self=False)
+            if (_is_dropout(sub) or isinstance(sub, _NOT_BERNOULLI)) and float(getattr(sub, "rate", 1.0)) > 0
+        ]
+        if inner:
+            kind = "a nested model" if isinstance(layer, keras.Model) else "a layer"
+            raise NotConvertibleError(
+                f"{where} is {kind} holding the dropout {inner[0].name!r} "
+                f"({type(inner[0]).__name__}), which this conversion cannot see into: "
+                "the dropout would stay unswapped and the two models would differ. "
+                "Build the model with the inner layers in the outer graph (call them "
+                "on the outer tensors), or keep this model on one dropout variant."
+            )
+
+
 def twin(model: keras.Model, variant: Variant) -> keras.Model:
     """Clone ``model`` with every dropout layer swapped to ``variant``; weights unchanged.
 
@@ -237,8 +309,8 @@ def twin(model: keras.Model, variant: Variant) -> keras.Model:
     -------
     keras.Model
         Same layers, configurations and weights (copied, NOT rescaled: use
-        :func:`mapped_twin` for the same function), each dropout swapped as in
-        the module's table, with its generator state copied
+        :func:`convert_model` for the same function), each dropout swapped as
+        in the module's table, with its generator state copied
         (:func:`share_masks`), so both draw the same masks call for call.
 
     Raises
@@ -247,9 +319,21 @@ def twin(model: keras.Model, variant: Variant) -> keras.Model:
         For subclassed models or unknown ``Dropout`` subclasses.
     ValueError
         If a dropout layer already has the twin's variant.
+    dropout_lib.NotConvertibleError
+        If a dropout sits inside a nested model or another layer, where the
+        swap cannot reach it.
+
+    Examples
+    --------
+    >>> import keras
+    >>> inverted = keras.Sequential([keras.Input((3,)), keras.layers.Dropout(0.5, seed=1),
+    ...                              keras.layers.Dense(2)])
+    >>> type(twin(inverted, "standard").layers[0]).__name__
+    'StandardDropout'
     """
     variant = check_variant(variant)
     _check_model(model)
+    _hidden_dropouts(model, strict=False)
     for layer in dropout_layers(model):
         if _variant_of(layer) == variant:
             raise ValueError(
@@ -257,11 +341,16 @@ def twin(model: keras.Model, variant: Variant) -> keras.Model:
                 f"({type(layer).__name__}); twin(model, {variant!r}) swaps every "
                 f"dropout of the other variant into {variant} dropout."
             )
+    return _clone(model, variant, {})
+
+
+def _clone(model: keras.Model, variant: Variant, configs: dict[int, dict[str, Any]]) -> keras.Model:
+    """Clone with dropouts swapped and the layers in ``configs`` (by id) rebuilt from those configs."""
 
     def clone(layer: keras.layers.Layer) -> keras.layers.Layer:
         if _is_dropout(layer):
             return _swap(layer, variant)
-        return layer.__class__.from_config(layer.get_config())
+        return layer.__class__.from_config(configs.get(id(layer), layer.get_config()))
 
     out = keras.models.clone_model(model, clone_function=clone)
     out.set_weights(model.get_weights())
@@ -269,25 +358,240 @@ def twin(model: keras.Model, variant: Variant) -> keras.Model:
     return out
 
 
-def mapped_twin(model: keras.Model, variant: Variant) -> keras.Model:
-    """The twin of ``model`` (:func:`twin`) that computes the same function.
+#: Config-key prefix of each consumer kernel's regulariser, constraint, initialiser.
+_KERNEL_PREFIX = {
+    _L.DepthwiseConv1D: "depthwise",
+    _L.DepthwiseConv2D: "depthwise",
+    _L.SeparableConv1D: "depthwise",
+    _L.SeparableConv2D: "depthwise",
+}
+
+
+def _mapped_configs(consumers: Sequence[Consumer], direction: Direction) -> dict[int, dict[str, Any]]:
+    """Each consuming layer's config with its kernel's regulariser, constraint, initialiser mapped."""
+    configs: dict[int, dict[str, Any]] = {}
+    for consumer in consumers:
+        layer, p = consumer.layer, consumer.keep_prob
+        config = layer.get_config()
+        prefix = _KERNEL_PREFIX.get(type(layer), "kernel")
+        maps = (
+            ("regularizer", map_regularizer, keras.regularizers),
+            ("constraint", map_constraint, keras.constraints),
+            ("initializer", map_initializer, keras.initializers),
+        )
+        for suffix, mapper, kind in maps:
+            key = f"{prefix}_{suffix}"
+            source = getattr(layer, key, None)
+            if source is None and config.get(key) is not None:
+                source = kind.get(config[key])
+            try:
+                mapped = mapper(source, p, direction)
+            except NoExactMapError as error:
+                raise NotConvertibleError(
+                    f"layer {layer.name!r} ({type(layer).__name__}): its {key} has no exact "
+                    f"map: {error}"
+                ) from error
+            config[key] = None if mapped is None else kind.serialize(mapped)
+        configs[id(layer)] = config
+    return configs
+
+
+@dataclass(frozen=True)
+class ConvertedModel:
+    """What :func:`convert_model` returns.
+
+    Attributes
+    ----------
+    model
+        The new Keras model, with the other dropout variant, computing the
+        source model's function.
+    optimizer
+        The optimizer to compile ``model`` with (``None`` if none was given
+        and the source was not compiled).
+    direction
+        ``'to_standard'`` or ``'to_inverted'``.
+    consumers
+        The layers of ``model`` whose kernels were rescaled, with their keep
+        probabilities (:class:`dropout_lib.conversion.Consumer`).
+    """
+
+    model: keras.Model
+    optimizer: keras.optimizers.Optimizer | None
+    direction: Direction
+    consumers: tuple[Consumer, ...]
+
+
+def convert_model(
+    model: keras.Model,
+    to: Variant,
+    optimizer: keras.optimizers.Optimizer | None = None,
+) -> ConvertedModel:
+    r"""Port a Keras model to the other dropout variant: same function, same training.
+
+    Every dropout is swapped for the other variant with the same ``rate``,
+    ``seed``, noise shape and generator state (so both models draw the same
+    masks, call for call), and every kernel ``W`` that consumes dropped units
+    is rescaled, :math:`W_{\mathrm{std}} = W_{\mathrm{inv}} / p`, with ``p``
+    the keep probability (``1 - rate``; the product of the keep
+    probabilities behind consecutive dropouts). Biases are unchanged. Then,
+    with the same masks, the two models compute the same function in training
+    (:math:`W_{\mathrm{inv}}\, (m h / p) = (W_{\mathrm{inv}}/p)(m h)`) and at
+    inference (:math:`W_{\mathrm{inv}} h = (W_{\mathrm{inv}}/p)(p h)`).
+
+    The consuming kernels' hyperparameters are mapped exactly with
+    :math:`s = 1/p` to standard and :math:`s = p` to inverted: an L2 factor
+    :math:`\lambda / s^2`, L1 :math:`\lambda / s`, an
+    :class:`~dropout_lib.conversion.EquivariantMaxNorm` bound :math:`c\,s`,
+    the initialiser's draws times :math:`s`; the optimizer of those kernels
+    is :func:`dropout_lib.mapping.map_optimizer` (e.g. SGD ``lr / p**2`` to
+    standard), every other variable keeps the source's optimizer, in one
+    ``keras.optimizers.MultiOptimizer`` (per-variable optimizers, in Keras
+    3.15, the version this package is tested with).
+
+    Parameters
+    ----------
+    model
+        A built ``keras.Sequential`` or functional ``keras.Model`` whose
+        dropouts are all of the other variant: ``keras.layers.Dropout`` or
+        ``SpatialDropout{1,2,3}D`` for ``to='standard'``,
+        :class:`~dropout_lib.layers.StandardDropout` for ``to='inverted'``.
+        It is not modified.
+    to
+        ``'inverted'`` (Keras's dropout) or ``'standard'`` (the paper's): the
+        variant of the returned model.
+    optimizer
+        The optimizer that trains ``model`` (not modified). ``None``: the
+        optimizer ``model`` was compiled with, if any.
+
+    Returns
+    -------
+    ConvertedModel
+        ``.model`` computes ``model``'s function; compiled with
+        ``.optimizer`` and trained on the same data, it follows ``model``'s
+        trajectory (trained with ``optimizer``) up to float64 rounding, with
+        the consuming kernels ``s`` times the source's at every step.
+
+    Raises
+    ------
+    dropout_lib.NotConvertibleError
+        Naming the layer and the reason, for anything without an exact
+        conversion: a dropout inside a nested model or another layer, a
+        dropout that is not Bernoulli dropout (``GaussianDropout``,
+        ``AlphaDropout``), a dropout already of the target variant, a
+        kernel shared between dropped and undropped inputs, a dropped tensor
+        reaching a layer that neither absorbs nor commutes with the factor
+        (``tanh``, normalisation, an unknown layer), a consuming kernel with
+        ``keras.constraints.MaxNorm`` or an unknown regulariser, a subclassed
+        or unbuilt model.
+    dropout_lib.NoExactMapError
+        If the optimizer has no exact map (``global_clipnorm``, ...).
+
+    Examples
+    --------
+    A net built with the paper's recipe, ported to Keras's dropout:
+
+    >>> import keras, numpy as np
+    >>> import dropout_lib as dl
+    >>> paper = keras.Sequential([
+    ...     keras.Input((4,)), keras.layers.Dense(8, activation="relu"),
+    ...     dl.StandardDropout(0.5, seed=1), keras.layers.Dense(2)])
+    >>> ported = dl.convert_model(paper, to="inverted", optimizer=keras.optimizers.SGD(0.1))
+    >>> type(ported.model.layers[1]).__name__
+    'Dropout'
+    >>> ported.consumers[0].layer.name == paper.layers[2].name, ported.consumers[0].keep_prob
+    (True, 0.5)
+    >>> x = np.ones((3, 4), dtype="float32")
+    >>> bool(np.allclose(ported.model.predict(x, verbose=0), paper.predict(x, verbose=0), rtol=1e-6))
+    True
+
+    Refused with the reason:
+
+    >>> noisy = keras.Sequential([keras.Input((4,)), keras.layers.GaussianDropout(0.5),
+    ...                           keras.layers.Dense(2)])
+    >>> dl.convert_model(noisy, to="standard")
+    Traceback (most recent call last):
+    ...
+    dropout_lib.validation.NotConvertibleError: layer 'gaussian_dropout' (GaussianDropout) is not Bernoulli dropout ...
+    """
+    direction = direction_to(to)
+    variant: Variant = to
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"model must be a keras.Model; got {type(model).__name__}.")
+    try:
+        _check_model(model)
+    except (TypeError, ValueError) as error:
+        raise NotConvertibleError(str(error)) from error
+    _hidden_dropouts(model, strict=True)
+    for layer in dropout_layers(model):
+        try:
+            kind = _variant_of(layer)
+        except TypeError as error:
+            raise NotConvertibleError(str(error)) from error
+        if kind == variant:
+            raise NotConvertibleError(
+                f"dropout {layer.name!r} ({type(layer).__name__}) is already {variant} "
+                f"dropout; convert_model(model, to={variant!r}) converts a model whose "
+                f"dropouts are all of the other variant."
+            )
+    consumers = dropout_consumers(model)
+    out = _clone(model, variant, _mapped_configs(consumers, direction))
+    out.set_weights(converted_weights(model, direction))
+    share_masks(model, out)
+    if optimizer is None:
+        optimizer = getattr(model, "optimizer", None)
+    if optimizer is None:
+        mapped = None
+    elif consumers:
+        mapped = mapped_multi_optimizer(out, optimizer, direction)
+    else:
+        mapped = clone_optimizer(optimizer)
+    new_consumers = tuple(dropout_consumers(out))
+    return ConvertedModel(out, mapped, direction, new_consumers)
+
+
+def mapped_twin(model: keras.Model, variant: Variant, *, hyperparameters: str = "mapped") -> keras.Model:
+    """The twin of ``model`` (:func:`twin`) that computes the same function: ``convert_model(...).model``.
 
     Every kernel that consumes dropped units is rescaled, ``W -> W / p`` for
     ``variant='standard'`` (``model`` uses Keras's dropout) or ``W -> p W``
     for ``variant='inverted'``, with ``p = 1 - rate`` the keep probability
     (the product of the keep probabilities behind consecutive dropouts);
-    biases and every other weight are copied unchanged
-    (:func:`dropout_lib.conversion.convert_weights`). Masks are shared.
+    biases and every other weight are copied unchanged. Masks are shared.
+
+    Parameters
+    ----------
+    model, variant
+        As :func:`convert_model`'s ``model`` and ``to``.
+    hyperparameters
+        ``'mapped'`` (default): the consuming kernels' regularisers,
+        constraints and initialisers are mapped too (:func:`convert_model`),
+        so the twin also TRAINS like ``model``. ``'copied'``: they are copied
+        unmapped, a twin that computes the same function but trains
+        differently under an L2 penalty, max-norm or re-initialisation: the
+        book's negative control, not for use.
 
     Raises
     ------
-    dropout_lib.conversion.NotConvertibleError
-        If the graph admits no exact map (e.g. a dropped tensor reaches a
-        ``tanh`` or a normalisation layer before any kernel).
+    dropout_lib.NotConvertibleError
+        As :func:`convert_model` (``'copied'``: if the graph admits no exact
+        map of the weights).
+
+    Examples
+    --------
+    >>> import keras
+    >>> inverted = keras.Sequential([keras.Input((3,)), keras.layers.Dropout(0.5, seed=1),
+    ...                              keras.layers.Dense(2, kernel_regularizer=keras.regularizers.L2(0.01))])
+    >>> standard = mapped_twin(inverted, "standard")
+    >>> round(float(standard.layers[1].kernel_regularizer.l2), 6)   # 0.01 * p**2
+    0.0025
     """
+    variant = check_variant(variant)
+    if hyperparameters == "mapped":
+        return convert_model(model, to=variant).model
+    if hyperparameters != "copied":
+        raise ValueError(f"hyperparameters must be 'mapped' or 'copied'; got {hyperparameters!r}.")
     out = twin(model, variant)
-    direction = "to_standard" if variant == "standard" else "to_inverted"
-    convert_weights(model, out, direction)
+    convert_weights(model, out, direction_to(variant))
     return out
 
 
@@ -365,20 +669,6 @@ def rounding_tolerance(n_consumers: int, dtype: Any) -> float:
     return float(ULPS_PER_LAYER * int(n_consumers) * eps)
 
 
-def relative_difference(a: ArrayLike, b: ArrayLike) -> float:
-    """Return ``||a - b|| / ||b||`` (Frobenius norms, computed in float64).
-
-    The absolute difference ``||a - b||`` where ``||b|| = 0``.
-    """
-    a64 = np.asarray(a, dtype=np.float64)
-    b64 = np.asarray(b, dtype=np.float64)
-    if a64.shape != b64.shape:
-        raise ValueError(f"shapes differ: {a64.shape} vs {b64.shape}.")
-    diff = float(np.linalg.norm(a64 - b64))
-    ref = float(np.linalg.norm(b64))
-    return diff / ref if ref > 0.0 else diff
-
-
 @dataclass(frozen=True)
 class TwinComparison:
     """How far apart two models' outputs are, call for call.
@@ -405,12 +695,18 @@ class TwinComparison:
 
 
 @contextlib.contextmanager
-def _quiet_tensorflow_warnings() -> Iterator[None]:
+def quiet_tensorflow() -> Iterator[None]:
     """Silence TensorFlow's Python warnings (not errors) for the duration.
 
     Each model traces its own predict function; after five traces in a row
     TensorFlow warns about "retracing" on stderr, a performance hint that a
-    stored notebook must not record.
+    stored notebook must not record. This is the package's one TensorFlow
+    log silencer; it changes no environment variable.
+
+    Examples
+    --------
+    >>> with quiet_tensorflow():
+    ...     pass
     """
     logger = logging.getLogger("tensorflow")
     old = logger.level
@@ -419,6 +715,36 @@ def _quiet_tensorflow_warnings() -> Iterator[None]:
         yield
     finally:
         logger.setLevel(old)
+
+
+_quiet_tensorflow_warnings = quiet_tensorflow
+
+
+@contextlib.contextmanager
+def keras_float64() -> Iterator[None]:
+    """Build layers AND optimizer variables in float64 for the duration.
+
+    Sets both ``keras.config.floatx`` (an optimizer's learning rate lives in
+    a variable of that type) and the global dtype policy (``set_floatx``
+    alone does not reach layers once the policy is cached); restores both
+    afterwards. The maps of :mod:`dropout_lib.mapping` are exact to float64
+    rounding only when both nets and their optimizers are float64.
+
+    Examples
+    --------
+    >>> import keras
+    >>> with keras_float64():
+    ...     keras.layers.Dense(2).dtype
+    'float64'
+    """
+    old_floatx, old_policy = keras.config.floatx(), keras.config.dtype_policy()
+    keras.config.set_floatx("float64")
+    keras.config.set_dtype_policy("float64")
+    try:
+        yield
+    finally:
+        keras.config.set_floatx(old_floatx)
+        keras.config.set_dtype_policy(old_policy)
 
 
 def _numpy(y: Any) -> NDArray:

@@ -38,11 +38,13 @@ from numpy.typing import ArrayLike, NDArray
 
 from dropout_lib.reference import (
     Variant,
+    apply_dropout,
     check_keep_prob,
     check_mask,
     check_variant,
     sample_mask,
 )
+from dropout_lib.reference import relative_difference as _relative_difference
 
 Params = dict[str, NDArray[np.float64]]
 Masks = Sequence[NDArray[np.float64] | None]
@@ -270,14 +272,11 @@ def _check_masks(
 def _drop(
     variant: Variant, h: NDArray, p: float, m: NDArray | None, training: bool
 ) -> NDArray:
-    """``d(h)`` with an already checked mask, in the operation order of
-    :func:`dropout_lib.reference.dropout`; identity when ``p = 1``. Linear in
-    ``h``, so in training it is its own backward map."""
-    if p == 1.0:
-        return h
-    if not training:
-        return h * p if variant == "standard" else h
-    return m * h if variant == "standard" else m * h / p
+    """``d(h)`` with an already checked mask: :func:`dropout_lib.reference.apply_dropout`.
+
+    Identity when ``p = 1``. Linear in ``h``, so in training it is its own
+    backward map."""
+    return apply_dropout(variant, h, p, m, training=training)
 
 
 def forward(
@@ -454,13 +453,9 @@ def gradient_check(
 def relative_difference(a: Mapping[str, NDArray], b: Mapping[str, NDArray]) -> float:
     """Return ``max_name ||a_name - b_name|| / ||b_name||`` (Frobenius norms).
 
-    Where ``||b_name|| = 0`` the absolute difference is used.
+    Per parameter :func:`dropout_lib.reference.relative_difference` (the
+    absolute difference where ``||b_name|| = 0``), the worst over the names.
     """
     if set(a) != set(b):
         raise ValueError(f"parameter names differ: {sorted(a)} vs {sorted(b)}.")
-    worst = 0.0
-    for n in b:
-        diff = float(np.linalg.norm(np.asarray(a[n]) - np.asarray(b[n])))
-        ref = float(np.linalg.norm(b[n]))
-        worst = max(worst, diff / ref if ref > 0.0 else diff)
-    return worst
+    return max((_relative_difference(a[n], b[n]) for n in b), default=0.0)
