@@ -1,0 +1,290 @@
+"""The recipe's tables, computed by the library's own maps (so the page cannot drift from them).
+
+Notation: ``p`` is the paper's keep probability; Keras's ``rate`` is ``1 - p``.
+
+Two directions:
+
+* ``'to_inverted'``: paper -> Keras. A recipe tuned for the paper's dropout
+  (keep probability ``p``, test-time scaling) run with Keras's
+  ``Dropout(rate=1 - p)`` as the same training algorithm;
+* ``'to_standard'``: Keras -> paper, the reverse.
+
+Every entry is obtained by calling the library on real objects: the Keras
+optimizers mapped by :func:`dropout_lib.mapping.map_optimizer` (their
+attributes read back), :func:`dropout_lib.conversion.map_l2`, ``map_l1``,
+``map_max_norm``, ``map_initializer``, :func:`dropout_lib.mapping.kernel_scale`;
+the rows without a map record the exception the library raises.
+The factor's symbol (``p``, ``p^2``, ...) is read off the computed values,
+``log(mapped / value) / log(p)``, and must be the same integer at every ``p``.
+
+``python -m dropout_lib.recipe`` prints the tables that ``recipe.md`` holds;
+``tests/test_recipe.py`` asserts that the page holds exactly these.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "KEEP_PROBS", "Row", "rows", "table_markdown", "torch_table_markdown", "rescaling_bound",
+    "paper_dropout",
+]
+
+KEEP_PROBS: tuple[float, ...] = (0.5, 0.8)
+_CONSUMING = "consuming kernels"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the recipe: what to multiply, on which weights, with worked values.
+
+    ``power`` is the exponent ``j`` of the factor ``p**j`` (``None`` where no
+    map exists); ``mapped`` holds the mapped example value per keep
+    probability (``None`` where no map exists).
+    """
+
+    what: str
+    where: str
+    example: float | None
+    power: int | None
+    mapped: tuple[float | None, ...]
+    note: str = ""
+
+
+def _lr(opt: Any) -> float:
+    return float(opt.learning_rate.numpy()) if hasattr(opt.learning_rate, "numpy") else float(
+        opt.learning_rate)
+
+
+def _specs() -> list[tuple[str, str, float | None, Callable[[float, float, str], Any], str]]:
+    """(what, where, example value, value -> mapped value at (p, direction), note)."""
+    import keras
+
+    from dropout_lib import conversion, mapping
+
+    O = keras.optimizers
+
+    def opt_attr(make: Callable[[float], Any], read: Callable[[Any], float]):
+        return lambda v, p, d: read(mapping.map_optimizer(make(v), p, d))
+
+    def init(v, p, d):
+        return conversion.map_initializer(
+            keras.initializers.RandomNormal(stddev=v), p, d).factor * v
+
+    def variance_scaling(v, p, d):
+        return conversion.map_initializer(
+            keras.initializers.VarianceScaling(scale=v), p, d).factor ** 2 * v
+
+    def unchanged(v, p, d):
+        seen = [float(o.momentum) for o in (mapping.map_optimizer(O.SGD(0.1, momentum=v), p, d),)]
+        adam = mapping.map_optimizer(O.Adam(1e-3, beta_1=v, beta_2=v), p, d)
+        rms = mapping.map_optimizer(O.RMSprop(1e-3, rho=v, momentum=v), p, d)
+        seen += [float(adam.beta_1), float(adam.beta_2), float(rms.rho), float(rms.momentum)]
+        if len(set(seen)) != 1:
+            raise AssertionError(f"a scale-free hyperparameter changed: {seen}")
+        return seen[0]
+
+    def global_clip(v, p, d):
+        mapping.map_optimizer(O.SGD(0.1, global_clipnorm=v), p, d)  # raises
+
+    def shared(v, p, d):
+        inp = keras.Input((4,))
+        dense = keras.layers.Dense(3)
+        dropped = keras.layers.Dropout(1 - p)(inp)
+        out = keras.layers.Add()([dense(dropped), dense(inp)])
+        conversion.dropout_consumers(keras.Model(inp, out))  # raises
+
+    return [
+        ("weights (same function, train and test)", _CONSUMING, 1.0,
+         lambda v, p, d: mapping.kernel_scale(p, d) * v, "biases unchanged"),
+        ("initialiser scale: `stddev`, uniform `limit`", _CONSUMING, 0.05, init,
+         "`map_initializer`"),
+        ("`VarianceScaling(scale)` (He: 2)", _CONSUMING, 2.0, variance_scaling,
+         "the variance scales by the square"),
+        ("SGD `learning_rate` (momentum, Nesterov)", _CONSUMING, 0.1,
+         opt_attr(lambda v: O.SGD(v, momentum=0.9, nesterov=True), _lr), ""),
+        ("SGD `weight_decay` (Keras: decoupled)", _CONSUMING, 5e-4,
+         opt_attr(lambda v: O.SGD(0.1, weight_decay=v), lambda o: float(o.weight_decay)), ""),
+        ("Adam, AdamW `learning_rate`", _CONSUMING, 1e-3,
+         opt_attr(lambda v: O.Adam(v), _lr), ""),
+        ("Adam, AdamW `epsilon` (outside the root)", _CONSUMING, 1e-7,
+         opt_attr(lambda v: O.Adam(1e-3, epsilon=v), lambda o: float(o.epsilon)), ""),
+        ("Adam, AdamW `weight_decay` (decoupled)", _CONSUMING, 4e-3,
+         opt_attr(lambda v: O.AdamW(1e-3, weight_decay=v), lambda o: float(o.weight_decay)), ""),
+        ("RMSprop `learning_rate`", _CONSUMING, 1e-3, opt_attr(lambda v: O.RMSprop(v), _lr), ""),
+        ("RMSprop `epsilon` (inside the root)", _CONSUMING, 1e-7,
+         opt_attr(lambda v: O.RMSprop(1e-3, epsilon=v), lambda o: float(o.epsilon)), ""),
+        ("Adagrad `learning_rate`", _CONSUMING, 1e-3, opt_attr(lambda v: O.Adagrad(v), _lr), ""),
+        ("Adagrad `epsilon` (inside the root)", _CONSUMING, 1e-7,
+         opt_attr(lambda v: O.Adagrad(1e-3, epsilon=v), lambda o: float(o.epsilon)), ""),
+        ("Adagrad `initial_accumulator_value` (Keras default 0.1)", _CONSUMING, 0.1,
+         opt_attr(lambda v: O.Adagrad(1e-3, initial_accumulator_value=v),
+                  lambda o: float(o.initial_accumulator_value)), "map the default too"),
+        ("L2 penalty `L2(l2)`", _CONSUMING, 1e-4, conversion.map_l2, ""),
+        ("L1 penalty `L1(l1)`", _CONSUMING, 1e-5, conversion.map_l1, ""),
+        ("max-norm radius $c$", _CONSUMING, 3.0, conversion.map_max_norm,
+         "`EquivariantMaxNorm`; Keras's `MaxNorm` is refused (its built-in epsilon)"),
+        ("`clipnorm` (per tensor)", _CONSUMING, 1.0,
+         opt_attr(lambda v: O.SGD(0.1, clipnorm=v), lambda o: float(o.clipnorm)), ""),
+        ("`clipvalue` (per entry)", _CONSUMING, 0.5,
+         opt_attr(lambda v: O.SGD(0.1, clipvalue=v), lambda o: float(o.clipvalue)), ""),
+        ("`momentum`, `beta_1`, `beta_2`, `rho`", "all", 0.9, unchanged,
+         "so are biases and kernels not behind a dropout"),
+        ("`global_clipnorm`", "all", 1.0, global_clip,
+         "no consumer-side map (`NoExactMapError`); use `clipnorm`"),
+        ("a kernel shared by a dropped and an undropped input", "that kernel", None, shared,
+         "no map (`NotConvertibleError`)"),
+    ]
+
+
+def _power(example: float, mapped: Sequence[float], keep_probs: Sequence[float]) -> int:
+    powers = [math.log(m / example) / math.log(p) for m, p in zip(mapped, keep_probs)]
+    j = round(powers[0])
+    # float32 learning-rate variables and float32 casts leave ~1e-7 relative: far below 0.5.
+    if not all(abs(x - j) < 1e-5 for x in powers):
+        raise AssertionError(f"the mapped values {mapped} are not example * p**j for one j: {powers}")
+    return j
+
+
+def rows(direction: str, keep_probs: Sequence[float] = KEEP_PROBS) -> list[Row]:
+    """The recipe's rows for ``direction`` (``'to_inverted'``: paper -> Keras)."""
+    from dropout_lib.conversion import NotConvertibleError
+    from dropout_lib.mapping import NoExactMapError, check_direction
+
+    check_direction(direction)
+    out = []
+    for what, where, example, fn, note in _specs():
+        try:
+            mapped = tuple(float(fn(example, p, direction)) for p in keep_probs)
+        except (NoExactMapError, NotConvertibleError):
+            out.append(Row(what, where, example, None, (None,) * len(keep_probs), note))
+            continue
+        out.append(Row(what, where, example, _power(example, mapped, keep_probs), mapped, note))
+    return out
+
+
+def _fmt(v: float | None) -> str:
+    if v is None:
+        return "none"
+    text = f"{v:.5g}"
+    if "e" in text:
+        mant, exp = text.split("e")
+        text = f"{mant}e{int(exp)}"
+    return text
+
+
+def _factor(j: int | None) -> str:
+    if j is None:
+        return "**no map**"
+    if j == 0:
+        return "1 (unchanged)"
+    base = "p" if abs(j) == 1 else f"p^{abs(j)}"
+    return f"${base}$" if j > 0 else f"$1/{base}$"
+
+
+def table_markdown(direction: str, keep_probs: Sequence[float] = KEEP_PROBS) -> str:
+    """The recipe table for ``direction`` as MyST markdown (what ``recipe.md`` holds)."""
+    src, dst = ("paper", "Keras") if direction == "to_inverted" else ("Keras", "paper")
+    head = (f"| hyperparameter | on | multiply by | {src} value | "
+            + " | ".join(f"{dst}, $p = {p:g}$" for p in keep_probs) + " | note |")
+    lines = [head, "|" + " --- |" * (5 + len(keep_probs))]
+    for r in rows(direction, keep_probs):
+        cells = [r.what, r.where, _factor(r.power), _fmt(r.example) if r.example is not None
+                 else "", *(_fmt(m) if r.power is not None else "none" for m in r.mapped), r.note]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# PyTorch: (argument, torch.optim class, key, example keyword arguments, Keras row it corresponds to)
+_TORCH = [
+    ("`SGD(lr)` (momentum, dampening, Nesterov)", "SGD", "lr", {"lr": 0.1, "momentum": 0.9},
+     "SGD `learning_rate` (momentum, Nesterov)"),
+    ("`SGD(weight_decay)` (coupled: L2 in the gradient)", "SGD", "weight_decay",
+     {"lr": 0.1, "weight_decay": 5e-4}, "SGD `weight_decay` (Keras: decoupled)"),
+    ("`Adam(lr)`, `AdamW(lr)`", "Adam", "lr", {"lr": 1e-3}, "Adam, AdamW `learning_rate`"),
+    ("`Adam(eps)`, `AdamW(eps)` (outside the root)", "Adam", "eps", {"eps": 1e-8},
+     "Adam, AdamW `epsilon` (outside the root)"),
+    ("`Adam(weight_decay)` (coupled)", "Adam", "weight_decay", {"weight_decay": 1e-4},
+     "Adam, AdamW `weight_decay` (decoupled)"),
+    ("`AdamW(weight_decay)` (decoupled, default 0.01)", "AdamW", "weight_decay", {},
+     "Adam, AdamW `weight_decay` (decoupled)"),
+    ("`RMSprop(lr)`", "RMSprop", "lr", {"lr": 1e-2}, "RMSprop `learning_rate`"),
+    ("`RMSprop(eps)` (outside the root)", "RMSprop", "eps", {"eps": 1e-8},
+     "RMSprop `epsilon` (inside the root)"),
+    ("`Adagrad(lr)` (`lr_decay` unchanged)", "Adagrad", "lr", {"lr": 1e-2},
+     "Adagrad `learning_rate`"),
+    ("`Adagrad(eps)` (outside the root)", "Adagrad", "eps", {"eps": 1e-10},
+     "Adagrad `epsilon` (inside the root)"),
+    ("`Adagrad(initial_accumulator_value)`", "Adagrad", "initial_accumulator_value",
+     {"initial_accumulator_value": 0.1},
+     "Adagrad `initial_accumulator_value` (Keras default 0.1)"),
+    ("`RMSprop`, `Adagrad` `weight_decay` (coupled)", "RMSprop", "weight_decay",
+     {"weight_decay": 1e-4}, None),
+]
+
+
+def torch_table_markdown(keep_probs: Sequence[float] = KEEP_PROBS) -> str:
+    """The PyTorch maps (:func:`dropout_lib.pytorch.map_param_group`) beside Keras's.
+
+    Each factor is read off the mapped values, as in :func:`rows`; the Keras
+    column comes from :func:`rows` (``'to_inverted'``).
+    """
+    from dropout_lib import pytorch
+
+    keras_power = {r.what: r.power for r in rows("to_inverted", keep_probs)}
+    head = ("| PyTorch argument (consuming kernels' parameter group) | paper $\\to$ PyTorch "
+            "| PyTorch $\\to$ paper | Keras's map, paper $\\to$ Keras |")
+    lines = [head, "| --- | --- | --- | --- |"]
+    for label, opt, key, hp, keras_row in _TORCH:
+        powers = []
+        for d in ("to_inverted", "to_standard"):
+            value = {**pytorch.DEFAULTS[opt], **hp}[key]
+            mapped = [pytorch.map_param_group(opt, hp, p, d)[key] for p in keep_probs]
+            powers.append(_power(value, mapped, keep_probs))
+        keras = _factor(keras_power[keras_row]) if keras_row else "(Keras: decoupled)"
+        lines.append(f"| {label} | {_factor(powers[0])} | {_factor(powers[1])} | {keras} |")
+    return "\n".join(lines)
+
+
+def rescaling_bound(dtype: str) -> float:
+    """Relative bound on ``Rescaling(1 - rate)(Dropout(rate)(x)) - x`` for a kept unit.
+
+    float64: ``a = fl(1/q)``, then ``fl(fl(x a) q)``: three roundings,
+    ``gamma_3 = 3u/(1 - 3u)`` with ``u = 2**-53``. float32: TensorFlow computes
+    ``1/q`` in float64 and rounds it to float32 (two roundings), ``q`` itself
+    is rounded to float32 (one), and the two products (two): five roundings of
+    at most ``u = 2**-24`` each, ``gamma_5``.
+    """
+    k, u = {"float64": (3, 2.0**-53), "float32": (5, 2.0**-24)}[dtype]
+    return k * u / (1 - k * u)
+
+
+def paper_dropout(rate: float, seed: int | None = None) -> list[Any]:
+    """``[keras.layers.Dropout(rate, seed), keras.layers.Rescaling(1 - rate)]``: the paper's dropout.
+
+    ``rate`` is Keras's drop probability (the paper's ``p = 1 - rate``). In
+    training the pair gives ``m * x`` up to rounding (:func:`rescaling_bound`),
+    at test time ``(1 - rate) * x``, exactly the paper's, so the paper's
+    hyperparameters apply unchanged.
+
+    The scale is passed as ``numpy.float64``: ``Rescaling`` casts a Python
+    float through float32 (in a float64 model ``Rescaling(0.8)`` multiplies
+    by ``0.800000011920929``), a ``numpy.float64`` keeps its value.
+    """
+    import keras
+    import numpy as np
+
+    return [keras.layers.Dropout(rate, seed=seed), keras.layers.Rescaling(np.float64(1.0 - rate))]
+
+
+if __name__ == "__main__":  # pragma: no cover
+    for d in ("to_inverted", "to_standard"):
+        print(f"<!-- recipe-table: {d} -->")
+        print(table_markdown(d))
+        print("<!-- end recipe-table -->\n")
+    print("<!-- recipe-table: pytorch -->")
+    print(torch_table_markdown())
+    print("<!-- end recipe-table -->")

@@ -1,0 +1,225 @@
+"""recipe.md: its tables equal what dropout_lib computes; its claims are checked here.
+
+* The three tables on the page are exactly ``dropout_lib.recipe``'s output,
+  which is computed by the library's maps on real Keras optimizers (and
+  ``dropout_lib.pytorch``), and every factor agrees with the book's theorems.
+* Dropout(rate) followed by Rescaling(1 - rate) is the paper's dropout
+  (thm-rescaling-paper, prop-rescaling-rounding): against StandardDropout with
+  the same seed and against the numpy reference, float32 and float64, and in
+  training with ``model.fit``.
+* The page's Keras example runs, and the net it builds trains as the paper's.
+
+Tolerance for the ``model.fit`` comparisons (float64): in exact arithmetic the
+two runs are equal; each step rounds differently by a few units of
+u = 2**-53 per operation, so after T = 30 steps ~T u = 3e-15 if nothing
+cancels. FIT_TOL = 1e-12 leaves a factor ~300 for the dynamics to amplify
+rounding; the controls (an unmapped hyperparameter) end at least 1e-3 apart.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dropout_lib import recipe, reference
+
+PAGE = Path(__file__).resolve().parents[1] / "recipe.md"
+FIT_TOL, CONTROL_GAP, FIT_STEPS = 1e-12, 1e-3, 30
+
+
+def _page() -> str:
+    return PAGE.read_text(encoding="utf-8")
+
+
+def _table(name: str) -> str:
+    m = re.search(rf"<!-- recipe-table: {name} -->\n(.*?)\n<!-- end recipe-table -->", _page(), re.S)
+    assert m, f"recipe.md has no table {name!r} between its markers"
+    return m.group(1)
+
+
+# ------------------------------------------------------------------ the tables
+
+
+@pytest.mark.parametrize("direction", ["to_inverted", "to_standard"])
+def test_page_tables_are_the_librarys(direction):
+    assert _table(direction) == recipe.table_markdown(direction), (
+        "recipe.md's table differs from dropout_lib.recipe; regenerate it with "
+        "`python -m dropout_lib.recipe`")
+
+
+def test_page_pytorch_table_is_the_librarys():
+    assert _table("pytorch") == recipe.torch_table_markdown()
+
+
+# The exponent j of p^j paper -> Keras, from the book's theorems (thm-same-function,
+# thm-sgd-map, thm-adaptive-map, thm-l2-map, thm-decay-map, thm-max-norm-map,
+# prop-init-map, prop-clip-map); None: no map (prop-global-clip, thm-shared-no-map).
+THEOREMS = {
+    "weights": 1, "initialiser scale": 1, "VarianceScaling": 2, "SGD `learning_rate`": 2,
+    "SGD `weight_decay`": -2, "Adam, AdamW `learning_rate`": 1, "Adam, AdamW `epsilon`": -1,
+    "Adam, AdamW `weight_decay`": -1, "RMSprop `learning_rate`": 1, "RMSprop `epsilon`": -2,
+    "Adagrad `learning_rate`": 1, "Adagrad `epsilon`": -2, "Adagrad `initial_accumulator": -2,
+    "L2": -2, "L1": -1, "max-norm": 1, "`clipnorm`": -1, "`clipvalue`": -1, "`momentum`": 0,
+    "`global_clipnorm`": None, "a kernel shared": None,
+}
+
+
+def test_factors_are_the_theorems():
+    to_inv, to_std = recipe.rows("to_inverted"), recipe.rows("to_standard")
+    assert len(to_inv) == len(THEOREMS)
+    for a, b in zip(to_inv, to_std):
+        (key,) = [k for k in THEOREMS if a.what.startswith(k) or k in a.what]
+        assert a.power == THEOREMS[key], f"{a.what}: p^{a.power}, theorem p^{THEOREMS[key]}"
+        assert b.power == (None if a.power is None else -a.power), f"{a.what}: directions disagree"
+        for p, m in zip(recipe.KEEP_PROBS, a.mapped):
+            if a.power is not None:  # float32 learning-rate variables: 1e-7 relative
+                assert m == pytest.approx(a.example * p**a.power, rel=1e-6)
+
+
+def test_page_numbers():
+    page = _page()
+    for dtype in ("float64", "float32"):
+        assert f"{recipe.rescaling_bound(dtype):.2e}" in page
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("tp", Path(__file__).with_name("test_pytorch.py"))
+    tp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tp)
+
+    assert f"for {tp.STEPS} steps" in page and tp.MAP_TOL == 1e-12 and "{-12}" in page
+    assert tp.CONTROL_GAP == 1e-3 and "{-3}$ apart" in page
+    # "each step adds a few units of 2^-53 ... about 4e-14": T u
+    assert f"{tp.STEPS * 2.0**-53:.0e}" == "4e-14" and "4 \\times 10^{-14}" in page
+
+
+# --------------------------------------------------- Dropout + Rescaling
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("rate", [0.2, 0.5])
+def test_rescaling_pair_is_the_papers_dropout(dtype, rate):
+    import keras
+
+    from dropout_lib.layers import StandardDropout
+
+    x = np.random.default_rng(10).normal(size=(64, 256)).astype(dtype)
+    pair = [keras.layers.Dropout(rate, seed=7, dtype=dtype),
+            keras.layers.Rescaling(np.float64(1.0 - rate), dtype=dtype)]
+    std = StandardDropout(rate, seed=7, dtype=dtype)
+    mask = keras.ops.convert_to_numpy(StandardDropout(rate, seed=7, dtype=dtype).keep_mask(x))
+    y_pair = keras.ops.convert_to_numpy(pair[1](pair[0](x, training=True)))
+    y_std = keras.ops.convert_to_numpy(std(x, training=True))
+    y_ref = reference.standard_dropout(x, 1.0 - rate, training=True, mask=mask)
+    kept = mask == 1
+    assert 0 < kept.mean() < 1
+    assert np.array_equal(y_std, y_ref), "StandardDropout differs from the numpy reference"
+    assert np.array_equal(y_pair == 0, ~kept), "the pair drops other units than StandardDropout"
+    err = np.abs(y_pair - y_ref)
+    assert np.all(err <= recipe.rescaling_bound(dtype) * np.abs(y_ref)), err.max()
+    if rate == 0.5:  # q = 1/2: every operation exact
+        assert np.array_equal(y_pair, y_ref)
+    else:  # the bound is needed: fl(fl(x a) q) != x for some kept unit
+        assert np.any(y_pair[kept] != x[kept])
+    # test time: the same product fl(x q), bit for bit
+    t_pair = keras.ops.convert_to_numpy(pair[1](pair[0](x, training=False)))
+    t_std = keras.ops.convert_to_numpy(std(x, training=False))
+    t_ref = reference.standard_dropout(x, 1.0 - rate, training=False)
+    assert np.array_equal(t_pair, t_std) and np.array_equal(t_pair, t_ref)
+    assert t_pair.dtype == np.dtype(dtype)
+
+
+def test_rescaling_python_float_scale_is_float32_in_a_float64_model():
+    """The trap the page warns of: Rescaling(0.8) multiplies by float32(0.8) in float64."""
+    import keras
+
+    x = np.random.default_rng(13).normal(size=(8, 8))
+    trap = keras.ops.convert_to_numpy(keras.layers.Rescaling(0.8, dtype="float64")(x))
+    right = keras.ops.convert_to_numpy(keras.layers.Rescaling(np.float64(0.8), dtype="float64")(x))
+    assert np.array_equal(right, x * 0.8)
+    assert np.allclose(trap, x * float(np.float32(0.8)), rtol=2.0**-52, atol=0)
+    rel = np.abs(trap - x * 0.8) / np.abs(x * 0.8)
+    assert rel.min() > 1e4 * recipe.rescaling_bound("float64")  # not rounding: ~1.5e-8
+    assert "0.800000011920929" in _page() and f"{float(np.float32(0.8)):.15f}" == "0.800000011920929"
+    assert f"{float(np.float32(0.8)) / 0.8 - 1:.1e}" == "1.5e-08" and "1.5 \\times 10^{-8}" in _page()
+
+
+def _fit(model, opt, x, y):
+    import keras
+
+    model.compile(optimizer=opt, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, y, batch_size=len(x) // FIT_STEPS, epochs=1, shuffle=False, verbose=0)
+    return [np.array(w) for w in model.get_weights()]
+
+
+def _gap(a, b, scales=None):
+    """max over weights of ||s b - a|| / ||a|| (the absolute gap where a = 0, as compare does)."""
+    scales = scales or [1.0] * len(a)
+    gaps = []
+    for wa, wb, s in zip(a, b, scales):
+        diff, ref = float(np.linalg.norm(s * wb - wa)), float(np.linalg.norm(wa))
+        gaps.append(diff / ref if ref > 0 else diff)
+    return max(gaps)
+
+
+def test_rescaling_pair_trains_as_the_paper_with_its_hyperparameters(keras_float64):
+    import keras
+
+    from dropout_lib.layers import StandardDropout
+
+    rate = 0.2
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(FIT_STEPS * 16, 12))
+    y = rng.integers(0, 4, size=len(x))
+
+    def net(*dropout):
+        return keras.Sequential([keras.Input((12,)), keras.layers.Dense(16, activation="relu"),
+                                 *dropout, keras.layers.Dense(4)])
+
+    paper = net(StandardDropout(rate, seed=3))
+    pair = net(*recipe.paper_dropout(rate, seed=3))
+    plain = net(keras.layers.Dropout(rate, seed=3))
+    start = paper.get_weights()
+    pair.set_weights(start)
+    plain.set_weights(start)
+    sgd = dict(learning_rate=0.05, momentum=0.9)
+    w_paper = _fit(paper, keras.optimizers.SGD(**sgd), x, y)
+    w_pair = _fit(pair, keras.optimizers.SGD(**sgd), x, y)
+    w_plain = _fit(plain, keras.optimizers.SGD(**sgd), x, y)
+    assert _gap(start[::2], w_paper[::2]) > 0.05, "the net hardly trained"  # kernels
+    assert _gap(w_paper, w_pair) <= FIT_TOL, _gap(w_paper, w_pair)
+    assert _gap(w_paper, w_plain) >= CONTROL_GAP, "Dropout alone matched the paper's run"
+
+
+# ------------------------------------------------------- the Keras example
+
+
+def _example_block() -> str:
+    m = re.search(r"```\{code-block\} python\n:name: recipe-keras-example\n\n(.*?)```", _page(), re.S)
+    assert m, "recipe.md has no block named recipe-keras-example"
+    return m.group(1)
+
+
+def test_page_keras_example_runs_and_trains_as_the_paper(keras_float64, capsys):
+    import keras
+
+    from dropout_lib import mapping
+
+    ns: dict = {}
+    exec(compile(_example_block(), "recipe.md", "exec"), ns)  # noqa: S102 - the page's own code
+    assert capsys.readouterr().out.strip() == "[0.064, 0.1]"
+    paper, ported, paper_opt, opt = ns["paper"], ns["ported"], ns["paper_opt"], ns["opt"]
+    rng = np.random.default_rng(12)
+    x = rng.normal(size=(FIT_STEPS * 8, 20))
+    y = rng.integers(0, 10, size=len(x))
+    naive = ns["net"](keras.layers.Dropout(ns["rate"], seed=1))
+    naive.set_weights(ported.get_weights())
+    w_ported = _fit(ported, opt, x, y)
+    w_naive = _fit(naive, mapping.clone_optimizer(paper_opt), x, y)
+    w_paper = _fit(paper, paper_opt, x, y)
+    p = 1.0 - ns["rate"]
+    scales = [1.0, 1.0, p, 1.0]  # consuming kernel W_inv = p W_std; the rest unchanged
+    assert _gap(w_ported, w_paper, scales) <= FIT_TOL
+    assert _gap(w_naive, w_paper, scales) >= CONTROL_GAP
