@@ -1,0 +1,81 @@
+"""Tests of dropout_lib.book.toy, the shared problem of chapters 4-6, and of plotting.gap_panels."""
+
+import numpy as np
+import pytest
+
+from dropout_lib.book.toy import KEEP_PROBS, SIZES, toy_problem
+from dropout_lib.exact import mlp
+from dropout_lib.exact.optimizers import SGD
+
+
+def test_toy_problem_shapes_and_stream_order():
+    toy = toy_problem(6, n_test=5)
+    assert toy.sizes == SIZES and toy.keep_probs == KEEP_PROBS
+    assert toy.consumers == {"W1": 0.8, "W3": 0.6}
+    assert len(toy.batches) == toy.n_batches and len(toy.masks) == 6
+    assert toy.x_test.shape == (5, 8) and toy.y_test.shape == (5, 4)
+    x, y = toy.batches[0]
+    assert np.array_equal(y, toy.labels(x))
+    # the first steps' masks do not depend on how many steps are drawn
+    longer = toy_problem(10)
+    for a, b in zip(toy.masks, longer.masks[:6]):
+        assert all((u is None and v is None) or np.array_equal(u, v) for u, v in zip(a, b))
+    assert all(np.array_equal(toy.params_inv[n], longer.params_inv[n]) for n in toy.params_inv)
+
+
+def test_toy_matches_a_hand_built_setup():
+    # the set-up chapters 4-6 used to type out, draw by draw
+    rng = np.random.default_rng(2014)
+    params = mlp.init_params(SIZES, rng, bias_scale=0.1)
+    teacher = rng.normal(size=(SIZES[0], SIZES[-1]))
+    xs = rng.normal(size=(8, 32, SIZES[0]))
+    masks = [mlp.sample_masks(SIZES, KEEP_PROBS, 32, rng) for _ in range(3)]
+    toy = toy_problem(3)
+    assert np.array_equal(toy.teacher, teacher) and np.array_equal(toy.batches[7][0], xs[7])
+    assert np.array_equal(toy.params_std["W3"], params["W3"] / 0.6)
+    assert np.array_equal(toy.masks[2][2], masks[2][2])
+
+
+def test_frozen_and_validated():
+    toy = toy_problem(1)
+    with pytest.raises(AttributeError):
+        toy.n_steps = 2
+    with pytest.raises(ValueError):
+        toy_problem(-1)
+
+
+def test_mapped_run_matches_and_wrong_map_does_not():
+    toy = toy_problem(20)
+    mapped = toy.compare(SGD(0.05), SGD(toy.per_parameter(0.05, -2)))
+    assert mapped.worst <= 1e-13
+    wrong = toy.control_gaps(mapped, SGD(toy.per_parameter(0.05, -1)))
+    assert wrong[-1] > 1e-3 and wrong[0] <= 1e-15   # the start: W / p mapped back by p
+    many = toy.compare_many(SGD(0.05), {"mapped": SGD(toy.per_parameter(0.05, -2)), "same": SGD(0.05)})
+    assert many["mapped"].worst <= 1e-13 < 1e-3 < many["same"].final
+
+
+def test_mask_stream_is_independent_and_train_uses_it():
+    toy = toy_problem(5)
+    other = toy.mask_stream(1)
+    assert len(other) == 5 and not np.array_equal(other[0][0], toy.masks[0][0])
+    a = toy.train("inverted", SGD(0.05), masks=other, record=False)
+    b = toy.train("inverted", SGD(0.05), record=False)
+    assert a.losses.shape == (5,) and not np.array_equal(a.params["W1"], b.params["W1"])
+    loss, grads = toy.loss_and_grads("standard", 1)
+    assert np.isfinite(loss) and set(grads) == set(toy.params_inv)
+
+
+def test_gap_panels_draws_one_panel_per_entry():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from dropout_lib.book.plotting import gap_panels
+
+    gaps = np.array([0.0, 1e-16, 2e-16, 3e-16])
+    fig, axes = gap_panels({"a": [("x", gaps, "mapped", "-")], "b": [("y", gaps, "control", "--")],
+                            "c": [("z", gaps, "#123456", ":")]}, ncols=2, nrows=2, tolerance=1e-12,
+                           guides={"u": np.ones(3)})
+    assert axes.shape == (2, 2) and not axes[1, 1].get_visible()
+    assert len(axes[0, 0].get_lines()) == 3   # the gaps, one guide, the tolerance
+    fig, ax = gap_panels({"": [("x", gaps, "mapped", "-")]}, steps=np.arange(4), xlog=False)
+    assert ax.get_xscale() == "linear"
