@@ -189,3 +189,28 @@ def test_where_pytorch_and_keras_maps_agree_and_differ(keras_float64):
     # RMSprop: Keras's epsilon is inside the root (p^2), PyTorch's outside (p)
     assert k_rms.epsilon == pytest.approx(1e-7 * p**2, rel=1e-12)
     assert t_rms["eps"] == pytest.approx(1e-7 * p, rel=1e-12)
+
+
+@pytest.mark.parametrize("eps, mapped", [(1e-6, False), (0.0, True)])
+def test_clip_grad_norm_has_no_exact_map_because_of_its_epsilon(problem, eps, mapped):
+    """clip_grad_norm_ on one tensor, threshold c p on the consuming kernels: PyTorch's
+    built-in 1e-6 breaks the map (a relative ~1e-6 / ||g|| per clipped step, far above
+    rounding); the same rule with the constant set to 0 maps exactly. So the constant
+    alone is why dropout_lib.pytorch offers no map for clip_grad_norm_."""
+    params, batches, masks = problem
+    consumers = mlp.consuming_weights(KEEP_PROBS)
+    c = 0.05
+    clip = {n: c * consumers.get(n, 1.0) for n in params}
+    kw = _mapped("SGD", dict(lr=0.05, momentum=0.9), params)
+    run = compare.compare_training(
+        params, batches, masks, keep_probs=KEEP_PROBS, steps=STEPS, loss="softmax_xent",
+        optimizer_inverted=lambda: TorchSGD(0.05, momentum=0.9, clip_norm=c, clip_norm_eps=eps),
+        optimizer_standard=lambda: TorchSGD(**kw, clip_norm=clip, clip_norm_eps=eps))
+    x, y = batches[0]
+    g = mlp.loss_and_grads(params, x, y, variant="inverted", keep_probs=KEEP_PROBS,
+                           masks=masks[0], loss="softmax_xent")[1]
+    assert np.linalg.norm(g["W1"]) > c and np.linalg.norm(g["W3"]) > c  # the clip acts
+    if mapped:
+        assert run.worst <= MAP_TOL, run.worst
+    else:
+        assert run.worst > 1e3 * MAP_TOL, f"the epsilon left no trace: {run.worst:.2e}"

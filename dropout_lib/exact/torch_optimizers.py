@@ -28,7 +28,11 @@ Every hyperparameter the dropout maps touch (``lr``, ``eps``,
 ``weight_decay``, ``initial_accumulator_value``, ``clip_value``) is a float or
 a dict ``{parameter name: float}`` (a PyTorch parameter group per consuming
 kernel). ``clip_value`` clips every gradient entry to ``[-v, v]`` before the
-step, as ``torch.nn.utils.clip_grad_value_`` does.
+step, as ``torch.nn.utils.clip_grad_value_`` does; ``clip_norm`` rescales each
+gradient tensor on its own by ``min(c / (||g|| + clip_norm_eps), 1)``, as
+``torch.nn.utils.clip_grad_norm_`` called on that one tensor does
+(``clip_norm_eps = 1e-6`` is PyTorch's hard-coded constant; 0 gives the exact
+projection, for comparison).
 """
 
 from __future__ import annotations
@@ -55,18 +59,27 @@ class _Torch(Optimizer):
         *,
         weight_decay: HyperParam = 0.0,
         clip_value: HyperParam | None = None,
+        clip_norm: HyperParam | None = None,
+        clip_norm_eps: float = 1e-6,
     ) -> None:
         super().__init__(lr)
         self.torch_weight_decay = _check_hyper(weight_decay, "weight_decay", 0.0)
         self.clip_value = clip_value
         if clip_value is not None:
             _check_hyper(clip_value, "clip_value", 1e-300)
+        self.clip_norm = clip_norm
+        if clip_norm is not None:
+            _check_hyper(clip_norm, "clip_norm", 1e-300)
+        self.clip_norm_eps = float(_check_hyper(clip_norm_eps, "clip_norm_eps", 0.0))
 
     def _prepare(self, name: str, w: NDArray, g: NDArray, lr: float) -> NDArray:
         """Clip, then apply weight decay as PyTorch does; return the gradient to use."""
         if self.clip_value is not None:
             v = _lookup(self.clip_value, name, "clip_value")
             g = np.clip(g, -v, v)
+        if self.clip_norm is not None:
+            c = _lookup(self.clip_norm, name, "clip_norm")
+            g = g * min(c / (float(np.linalg.norm(g)) + self.clip_norm_eps), 1.0)
         wd = _lookup(self.torch_weight_decay, name, "weight_decay")
         if wd != 0.0:
             if self.decoupled:
