@@ -95,11 +95,21 @@ def test_page_numbers():
     assert f"{tp.STEPS * 2.0**-53:.0e}" == "4e-14" and "4 \\times 10^{-14}" in page
 
 
+def test_intro_numbers(keras_float64):
+    """The numbers intro.md states that no chapter glues: Keras's Adagrad default accumulator."""
+    import keras
+
+    intro = (PAGE.parent / "intro.md").read_text(encoding="utf-8")
+    g0 = float(keras.optimizers.Adagrad().initial_accumulator_value)
+    assert g0 == 0.1 and "its default 0.1 included" in intro
+    assert "https://stackoverflow.com/questions/38592943/" in intro
+
+
 # --------------------------------------------------- Dropout + Rescaling
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("rate", [0.2, 0.5])
+@pytest.mark.parametrize("rate", [0.2, 0.5, 0.75])
 def test_rescaling_pair_is_the_papers_dropout(dtype, rate):
     import keras
 
@@ -119,7 +129,7 @@ def test_rescaling_pair_is_the_papers_dropout(dtype, rate):
     assert np.array_equal(y_pair == 0, ~kept), "the pair drops other units than StandardDropout"
     err = np.abs(y_pair - y_ref)
     assert np.all(err <= recipe.rescaling_bound(dtype) * np.abs(y_ref)), err.max()
-    if rate == 0.5:  # q = 1/2: every operation exact
+    if rate in (0.5, 0.75):  # q = 1/2, 1/4: every operation exact
         assert np.array_equal(y_pair, y_ref)
     else:  # the bound is needed: fl(fl(x a) q) != x for some kept unit
         assert np.any(y_pair[kept] != x[kept])
