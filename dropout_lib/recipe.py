@@ -23,6 +23,7 @@ The factor's symbol (``p``, ``p^2``, ...) is read off the computed values,
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -151,10 +152,16 @@ def _power(example: float, mapped: Sequence[float], keep_probs: Sequence[float])
 
 def rows(direction: str, keep_probs: Sequence[float] = KEEP_PROBS) -> list[Row]:
     """The recipe's rows for ``direction`` (``'to_inverted'``: paper -> Keras)."""
-    from dropout_lib.conversion import NotConvertibleError
-    from dropout_lib.mapping import NoExactMapError, check_direction
+    from dropout_lib.mapping import check_direction
 
     check_direction(direction)
+    return list(_rows(direction, tuple(float(p) for p in keep_probs)))
+
+
+@functools.lru_cache(maxsize=8)
+def _rows(direction: str, keep_probs: tuple[float, ...]) -> tuple[Row, ...]:
+    from dropout_lib.conversion import NotConvertibleError
+    from dropout_lib.mapping import NoExactMapError
     out = []
     for what, where, example, fn, note in _specs():
         try:
@@ -163,7 +170,7 @@ def rows(direction: str, keep_probs: Sequence[float] = KEEP_PROBS) -> list[Row]:
             out.append(Row(what, where, example, None, (None,) * len(keep_probs), note))
             continue
         out.append(Row(what, where, example, _power(example, mapped, keep_probs), mapped, note))
-    return out
+    return tuple(out)
 
 
 def _fmt(v: float | None) -> str:
