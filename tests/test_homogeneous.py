@@ -121,3 +121,24 @@ def test_shared_layer_has_no_map_but_two_layers_do():
     np.testing.assert_array_equal(out[32:], h2 @ layer["W"] + layer["b"])
     with pytest.raises(ValueError):
         limits.shared_layer_outputs({"W": layer["W"]}, h1, h2, [], variant="inverted", keep_prob=p)
+
+
+def test_tied_embedding_map_keeps_the_function_and_needs_the_input_kernel():
+    from dropout_lib.book import limits_checks as lc
+
+    rng = np.random.default_rng(6)
+    vocab, d, pe, pk = 7, 4, 0.9, 0.6
+    lm = {"E": rng.normal(size=(vocab, d)), "W_in": rng.normal(size=(d, d)),
+          "b_in": 0.1 * rng.normal(size=d), "c": 0.1 * rng.normal(size=vocab)}
+    tokens = np.eye(vocab)[rng.integers(0, vocab, 16)]
+    masks = [(sample_mask((16, d), pe, rng), sample_mask((16, d), pk, rng)) for _ in range(4)]
+    out = lambda q, v: lc.tied_lm_outputs(q, tokens, masks, variant=v, keep_emb=pe, keep_out=pk)  # noqa: E731
+    ref = out(lm, "inverted")
+    assert limits.relative_mismatch(out(lc.tied_lm_to_standard(lm, pe, pk), "standard"), ref) < 1e-14
+    assert limits.relative_mismatch(out({**lm, "E": lm["E"] / pk}, "standard"), ref) > GAP
+    # without embedding dropout the input kernel takes the whole factor p
+    masks1 = [(None, m_h) for _, m_h in masks]
+    out1 = lambda q, v: lc.tied_lm_outputs(q, tokens, masks1, variant=v, keep_emb=1.0, keep_out=pk)  # noqa: E731
+    std = lc.tied_lm_to_standard(lm, 1.0, pk)
+    np.testing.assert_allclose(std["W_in"], lm["W_in"] * pk, rtol=1e-15)
+    assert limits.relative_mismatch(out1(std, "standard"), out1(lm, "inverted")) < 1e-14

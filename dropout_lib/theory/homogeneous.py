@@ -43,6 +43,7 @@ Params = dict[str, NDArray[np.float64]]
 __all__ = [
     "HomogeneousRun",
     "bias_scales",
+    "compare_runs",
     "global_clip_map",
     "global_scale",
     "global_norms",
@@ -204,3 +205,30 @@ def train(
         optimizer.step(current, grads)
         history.append({n: v.copy() for n, v in current.items()})
     return HomogeneousRun(history=history, tensor_norms={n: np.array(v) for n, v in norms.items()})
+
+
+def compare_runs(
+    params: Mapping[str, NDArray],
+    scales: Mapping[str, float],
+    batches: Sequence[tuple[NDArray, NDArray]],
+    masks: Sequence[mlp.Masks],
+    keep_probs: Sequence[float],
+    opt_inv: Optimizer,
+    opt_std: Optimizer,
+) -> tuple[float, HomogeneousRun]:
+    """Train the inverted net from ``params`` and the standard net from ``s * params``.
+
+    Both run ``len(masks)`` steps of :func:`train` on the same batches and
+    masks, with fresh optimizers ``opt_inv`` and ``opt_std``. Each standard
+    snapshot is mapped back (``theta / s``) and compared with the inverted one
+    (:func:`dropout_lib.exact.compare.trajectory_gaps`). Returns the largest
+    relative gap over the run, and the inverted run.
+    """
+    from dropout_lib.exact.compare import trajectory_gaps
+
+    kw = dict(keep_probs=keep_probs, steps=len(masks))
+    inv = train(params, batches, masks, variant="inverted", optimizer=opt_inv, **kw)
+    std = train(rescale(params, scales), batches, masks, variant="standard", optimizer=opt_std, **kw)
+    back = {n: 1.0 / float(s) for n, s in scales.items()}
+    gaps, _ = trajectory_gaps(inv.history, std.history, lambda q: rescale(q, back))
+    return float(gaps.max()), inv
