@@ -1,0 +1,319 @@
+"""What the moments-and-BatchNorm chapter runs: Monte Carlo checks, its figure, Keras experiments.
+
+The closed forms live in :mod:`dropout_lib.theory.variance_shift`; this module
+turns them into the chapter's experiments, so that the chapter's cells are the
+configuration and the asserts:
+
+* :func:`moment_z_scores`: Monte Carlo variances of both dropout variants on a
+  data set against :func:`~dropout_lib.theory.variance_shift.dropout_moments`;
+* :func:`variance_shift_figure`: the two-panel figure of the variance shift,
+  with Monte Carlo estimates of each variant on independent masks;
+* :func:`keras_dropout_bn`: Keras dropout layers feeding ``BatchNormalization``
+  layers (float64) through training calls, with the moving variance's initial
+  value chosen per pair (the initialiser map of the BatchNorm theorem);
+* :func:`fit_bn_nets` and :func:`weight_gap`: small regression networks with
+  dropout before BatchNorm, trained by ``model.fit`` from the same weights.
+
+Notation: ``keep_prob`` is the paper's ``p``; Keras's ``rate`` is ``1 - p``.
+Keras is imported only by the functions that need it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from dropout_lib.reference import VARIANTS, check_keep_prob, check_variant, dropout, sample_mask
+from dropout_lib.theory.stats import sample_variance, z_scores
+from dropout_lib.theory.variance_shift import (
+    dropout_moments,
+    mc_variance_shift_ratio,
+    run_training_calls,
+    variance_shift_ratio,
+    with_epsilon,
+)
+
+__all__ = [
+    "MomentCheck",
+    "moment_z_scores",
+    "variance_shift_figure",
+    "DropoutBN",
+    "keras_dropout_bn",
+    "fit_bn_nets",
+    "weight_gap",
+]
+
+
+# --------------------------------------------------------------------------- #
+# Monte Carlo: the moments of a dropped unit
+# --------------------------------------------------------------------------- #
+
+
+@dataclass(frozen=True, eq=False)
+class MomentCheck:
+    """Monte Carlo training variances against the theorem, and the test variances.
+
+    Attributes
+    ----------
+    z
+        ``(estimate - theorem) / standard error`` of every training variance
+        (per keep probability, variant and unit).
+    relative_se
+        Each estimate's standard error over its value.
+    test_gap
+        ``max |Var_data(d_test(x)) / theorem - 1|``: the test-time map applied to
+        the whole data set against the closed form (nothing random).
+    rows
+        The rows drawn (with replacement) from the data set.
+    """
+
+    z: NDArray[np.float64]
+    relative_se: NDArray[np.float64]
+    test_gap: float
+    rows: NDArray[np.float64]
+
+
+def moment_z_scores(
+    x: ArrayLike, keep_probs: Sequence[float], n_draws: int, rng: np.random.Generator
+) -> MomentCheck:
+    """Check :func:`~dropout_lib.theory.variance_shift.dropout_moments` on a data set by Monte Carlo.
+
+    The data set ``x`` (shape ``(N, units)``) is the population: its mean and
+    (divide-by-``N``) variance are ``mu`` and ``s2``. ``n_draws`` rows are drawn
+    with replacement; for each keep probability one mask is drawn and applied
+    by both variants (:func:`dropout_lib.reference.dropout`, the implementation
+    under test), and each unit's sample variance is compared with the closed
+    form in units of its standard error (fourth-moment estimate,
+    :func:`dropout_lib.theory.stats.sample_variance`).
+    """
+    arr = np.asarray(x, dtype=np.float64)
+    mu, s2 = arr.mean(axis=0), arr.var(axis=0)
+    rows = arr[rng.integers(arr.shape[0], size=int(n_draws))]
+    z: list[float] = []
+    rel: list[float] = []
+    test_gap = 0.0
+    for p in keep_probs:
+        mask = sample_mask(rows.shape, p, rng)  # same masks, both variants
+        for variant in VARIANTS:
+            est = sample_variance(dropout(variant, rows, p, training=True, mask=mask))
+            _, v_train = dropout_moments(variant, p, mu, s2, training=True)
+            z.extend(est.z_scores(v_train))
+            rel.extend(est.standard_error / est.value)
+            _, v_test = dropout_moments(variant, p, mu, s2, training=False)
+            v_data = dropout(variant, arr, p, training=False).var(axis=0)
+            test_gap = max(test_gap, float(np.abs(v_data / v_test - 1).max()))
+    return MomentCheck(np.asarray(z), np.asarray(rel), test_gap, rows)
+
+
+def variance_shift_figure(
+    kappas: Sequence[float],
+    keep_probs_mc: ArrayLike,
+    n_mc: int,
+    rng: np.random.Generator,
+) -> tuple[Any, NDArray[np.float64]]:
+    """Draw the chapter's variance-shift figure; return it and the Monte Carlo z-scores.
+
+    Left panel: training and test variance of one unit (mean and standard
+    deviation 1) for both variants. Right panel: the shift
+    :func:`~dropout_lib.theory.variance_shift.variance_shift_ratio` for each
+    ``kappa = mu^2 / s^2``, with Monte Carlo estimates of each variant
+    (:func:`~dropout_lib.theory.variance_shift.mc_variance_shift_ratio`, normal
+    units with mean ``sqrt(kappa)``, ``n_mc`` draws, independent masks) at the
+    keep probabilities ``keep_probs_mc``. The z-scores compare each estimate
+    with the formula; the caller asserts on them.
+    """
+    from dropout_lib.book.plotting import COLORS, figure
+
+    ps = np.linspace(0.02, 1.0, 200)
+    p_mc = np.asarray(keep_probs_mc, dtype=np.float64)
+    fig, (ax_v, ax_r) = figure(ncols=2, width=8.0, height=3.3)
+    for variant, line in (("standard", "-"), ("inverted", "--")):
+        for training, when in ((True, "training"), (False, "test")):
+            _, v = dropout_moments(variant, ps, 1.0, 1.0, training=training)
+            ax_v.plot(ps, v, line if training else ":", color=COLORS[variant], label=f"{variant}, {when}")
+    ax_v.set(xlabel="keep probability $p$", ylabel="variance of $d(x)$", yscale="log",
+             title=r"one unit, $\mu = s = 1$")
+    ax_v.legend(fontsize=8)
+    z: list[float] = []
+    for kappa, line in zip(kappas, ("-", "--", ":", "-.")):
+        mean = float(np.sqrt(kappa))
+        ax_r.plot(ps, variance_shift_ratio(ps, mean, 1.0), line, lw=1, color=COLORS["theory"],
+                  label=rf"theorem, $\kappa={kappa:g}$")
+        for variant, marker in (("standard", "o"), ("inverted", "x")):
+            r_hat, se = np.array(
+                [mc_variance_shift_ratio(variant, p, rng.normal(mean, 1.0, int(n_mc)), rng) for p in p_mc]
+            ).T
+            z.extend(z_scores(r_hat, se, variance_shift_ratio(p_mc, mean, 1.0)))
+            ax_r.plot(p_mc, r_hat, marker, color=COLORS[variant], ms=5, mfc="none",
+                      label=f"{variant}, Monte Carlo" if kappa == kappas[0] else None)
+    ax_r.set(xlabel="keep probability $p$", title="variance shift",
+             ylabel=r"$\mathrm{Var}_\mathrm{test}/\mathrm{Var}_\mathrm{train}$")
+    ax_r.legend(fontsize=8, loc="upper left")
+    return fig, np.asarray(z)
+
+
+# --------------------------------------------------------------------------- #
+# Keras: dropout -> BatchNormalization, layer by layer
+# --------------------------------------------------------------------------- #
+
+
+@dataclass(eq=False)
+class DropoutBN:
+    """Pairs of Keras dropout and BatchNorm layers after their training calls.
+
+    ``bn[name]`` is the trained BatchNorm of pair ``name``, ``variant[name]``
+    its dropout variant, ``last_batch[name]`` the dropout output of the last
+    training call and ``test_input[name]`` the dropout layer's test-time output
+    on the whole data set (``x`` for inverted, ``p x`` for standard).
+    """
+
+    keep_prob: float
+    x: NDArray[np.float64]
+    batch_size: int
+    variant: dict[str, str] = field(default_factory=dict)
+    drop: dict[str, Any] = field(default_factory=dict)
+    bn: dict[str, Any] = field(default_factory=dict)
+    last_batch: dict[str, NDArray[np.float64]] = field(default_factory=dict)
+    test_input: dict[str, NDArray[np.float64]] = field(default_factory=dict)
+
+    def train_calls(self, steps: int, seed: int, *, dropout_training: bool = True) -> None:
+        """More training calls of every pair (``dropout_training=False``: dropout off, BatchNorm still updating)."""
+        names = list(self.bn)
+        last = run_training_calls([self.drop[n] for n in names], [self.bn[n] for n in names], self.x,
+                                  batch_size=self.batch_size, steps=steps, seed=seed,
+                                  dropout_training=dropout_training)
+        self.last_batch.update(zip(names, last))
+
+    def outputs(self, name: str, epsilon: float, training: bool) -> NDArray[np.float64]:
+        """Pair ``name``'s BatchNorm, copied with ``epsilon``, on its last batch (training) or the test data."""
+        layer = with_epsilon(self.bn[name], epsilon)
+        y = self.last_batch[name] if training else self.test_input[name]
+        return np.asarray(layer(y, training=training), dtype=np.float64)
+
+
+def keras_dropout_bn(
+    pairs: Mapping[str, tuple[str, float]],
+    keep_prob: float,
+    x: ArrayLike,
+    *,
+    momentum: float,
+    steps: int,
+    batch_size: int,
+    seed: int,
+    dropout_seed: int = 7,
+) -> DropoutBN:
+    """Run Keras dropout -> ``BatchNormalization`` pairs through ``steps`` training calls, in float64.
+
+    ``pairs`` maps a name to ``(variant, initial_moving_variance)``: variant
+    ``"inverted"`` is ``keras.layers.Dropout(rate)``, ``"standard"`` the paper's
+    :class:`dropout_lib.layers.StandardDropout(rate)`, with ``rate = 1 -
+    keep_prob`` and the same seed, hence the same masks; the BatchNorm
+    (``epsilon = 0``; other epsilons by :meth:`DropoutBN.outputs`) starts its
+    moving variance at ``initial_moving_variance`` (Keras's default is 1).
+    Every pair sees the same batches
+    (:func:`~dropout_lib.theory.variance_shift.run_training_calls`).
+    """
+    import keras
+
+    from dropout_lib.layers import StandardDropout
+
+    p = check_keep_prob(keep_prob)
+    rate = 1.0 - p
+    n_units = int(np.shape(x)[1])
+    arr = np.asarray(x, dtype=np.float64)
+    out = DropoutBN(keep_prob=p, x=arr, batch_size=int(batch_size))
+    drops, norms = [], []
+    for name, (variant, initial) in pairs.items():
+        v = check_variant(variant)
+        cls = keras.layers.Dropout if v == "inverted" else StandardDropout
+        drops.append(cls(rate, seed=dropout_seed, dtype="float64"))
+        norm = keras.layers.BatchNormalization(momentum=momentum, epsilon=0.0, dtype="float64")
+        norm.build((None, n_units))
+        # assigned, not passed as keras.initializers.Constant, whose value passes through float32
+        norm.moving_variance.assign(np.full(n_units, float(initial)))
+        norms.append(norm)
+        out.variant[name], out.drop[name], out.bn[name] = v, drops[-1], norm
+    out.train_calls(steps, seed)
+    for name, drop in out.drop.items():
+        out.test_input[name] = np.asarray(drop(arr, training=False), dtype=np.float64)
+    return out
+
+
+# --------------------------------------------------------------------------- #
+# Keras: model.fit with dropout before BatchNorm
+# --------------------------------------------------------------------------- #
+
+
+def _regression_net(variant: str, rate: float, epsilon: float, momentum: float, n_in: int) -> Any:
+    import keras
+
+    from dropout_lib.layers import StandardDropout
+
+    f64 = "float64"
+    cls = keras.layers.Dropout if variant == "inverted" else StandardDropout
+    return keras.Sequential([
+        keras.Input((n_in,), dtype=f64),
+        keras.layers.Dense(16, activation="relu", dtype=f64),
+        cls(rate, seed=5, dtype=f64),  # same seed: same masks in every net
+        keras.layers.Dense(8, use_bias=False, dtype=f64),
+        keras.layers.BatchNormalization(momentum=momentum, epsilon=epsilon, dtype=f64),
+        keras.layers.ReLU(dtype=f64),
+        keras.layers.Dense(1, dtype=f64),
+    ])
+
+
+def fit_bn_nets(
+    configs: Mapping[str, tuple[str, float, float]],
+    keep_prob: float,
+    x: ArrayLike,
+    y: ArrayLike,
+    *,
+    momentum: float,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Train copies of a small regression net with dropout before BatchNorm by ``model.fit``.
+
+    The net is ``Dense(16, relu) -> dropout -> Dense(8, use_bias=False) ->
+    BatchNormalization -> ReLU -> Dense(1)`` in float64. ``configs`` maps a name
+    to ``(variant, epsilon, initial_moving_variance)`` of its dropout and
+    BatchNorm. All nets start from the first net's weights, see the same
+    batches (``shuffle=False``) and the same masks (same dropout seed), and are
+    trained with Adam at ``learning_rate`` for ``epochs``. Returns the trained
+    models by name.
+    """
+    import keras
+
+    p = check_keep_prob(keep_prob)
+    keras.utils.set_random_seed(seed)
+    xs = np.asarray(x, dtype=np.float64)
+    nets = {name: _regression_net(check_variant(v), 1.0 - p, eps, momentum, xs.shape[1])
+            for name, (v, eps, _) in configs.items()}
+    start = next(iter(nets.values())).get_weights()
+    for name, net in nets.items():
+        # the moving variance is a (non-trainable) weight: set each net's initial value, in
+        # float64 (keras.initializers.Constant would pass it through float32)
+        initial = float(configs[name][2])
+        net.set_weights([np.full_like(w, initial) if _is_moving_variance(v) else w
+                         for w, v in zip(start, net.weights)])
+        net.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="mse", jit_compile=False)
+        net.fit(xs, np.asarray(y, dtype=np.float64), batch_size=batch_size, epochs=epochs,
+                shuffle=False, verbose=0)
+    return nets
+
+
+def _is_moving_variance(variable: Any) -> bool:
+    return "moving_variance" in str(getattr(variable, "path", getattr(variable, "name", "")))
+
+
+def weight_gap(net: Any, reference: Any) -> float:
+    """Largest difference of the trainable weights, relative to the largest reference weight."""
+    a = np.concatenate([np.asarray(w).ravel() for w in net.trainable_weights])
+    b = np.concatenate([np.asarray(w).ravel() for w in reference.trainable_weights])
+    return float(np.abs(a - b).max() / np.abs(b).max())
