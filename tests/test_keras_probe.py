@@ -246,3 +246,47 @@ def test_flags_passed_by_validates():
 def test_probe_model_rejects_unknown_kind():
     with pytest.raises(ValueError, match="kind must be one of"):
         kp.probe_model("graph", rate=0.3, seed=1, n_features=2)
+
+
+# --------------------------------------------------------------------------- #
+# The threshold u >= fl_D(rate), and the Monte Carlo mean
+# --------------------------------------------------------------------------- #
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+def test_next_uniforms_predict_the_kept_units(dtype):
+    x = normal((64, 32), "float32", seed=5).astype(dtype)
+    layer = keras.layers.Dropout(0.3, seed=4, dtype=dtype)
+    layer(x, training=True)  # advance the generator once: the copy must follow the state
+    u = kp.next_uniforms(layer, x)
+    kept = np.asarray(layer(x, training=True)) != 0
+    np.testing.assert_array_equal(kept, u >= np.dtype(dtype).type(0.3))
+    # next_uniforms did not advance the layer: calling it again gives other u
+    assert not np.array_equal(kp.next_uniforms(layer, x), u)
+
+
+def test_float16_threshold_is_the_rounded_rate():
+    x = normal((128, 128), "float16", seed=1)
+    layer = keras.layers.Dropout(0.8, seed=3, dtype="float16")
+    u = kp.next_uniforms(layer, x)
+    kept = np.asarray(layer(x, training=True)) != 0
+    between = (u >= np.float16(0.8)) & (u.astype(np.float64) < 0.8)
+    assert between.any()
+    assert kept[between].all()  # Keras keeps them; u >= 0.8 would drop them
+
+
+def test_next_uniforms_refuses_noise_shape():
+    layer = keras.layers.Dropout(0.3, noise_shape=(None, 1), seed=0)
+    with pytest.raises(ValueError):
+        kp.next_uniforms(layer, normal((4, 3)))
+
+
+def test_uniform_grid():
+    assert kp.uniform_grid(np.arange(1024) / 1024) == 1024
+    assert kp.uniform_grid([0.0, 0.5]) == 2
+    assert kp.uniform_grid([0.0]) == 1
+
+
+def test_mean_output_z_tells_x_from_px():
+    z, z_unscaled = kp.mean_output_z(0.3, normal((6,), seed=2), 5000, seed=1)
+    assert np.abs(z).max() < 5 < np.abs(z_unscaled).min()

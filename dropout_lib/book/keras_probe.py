@@ -18,7 +18,9 @@ whose shared core ``_dropout`` computes, for a Python-number ``rate``,
   ``s = fl_D(fl64(1 / fl64(1 - rate)))`` (:func:`inverted_scale`);
 * ``ret = x * s`` (one rounded product per entry);
 * ``keep_mask = u >= rate`` with ``u`` uniform on ``[0, 1)`` (drawn in dtype
-  ``D`` by a stateless generator), and ``where(keep_mask, ret, 0)``.
+  ``D`` by a stateless generator), and ``where(keep_mask, ret, 0)``. The
+  Python float ``rate`` is converted to ``D`` for the comparison, so a unit
+  is kept when ``u >= fl_D(rate)``, not ``u >= rate`` (:func:`next_uniforms`).
 
 With ``training=False`` the layer returns its input unchanged.
 """
@@ -52,6 +54,9 @@ __all__ = [
     "check_inverted_training_output",
     "assert_inverted_training_output",
     "drop_fraction_z",
+    "next_uniforms",
+    "uniform_grid",
+    "mean_output_z",
     "TrainingFlagRecorder",
     "flags_passed_by",
     "PROBE_KINDS",
@@ -445,6 +450,61 @@ def drop_fraction_z(n_dropped: int, n: int, rate: float) -> float:
     if n <= 0 or r == 0:
         raise ValueError("need n > 0 and rate > 0 for a standard score.")
     return (n_dropped - n * r) / math.sqrt(n * r * (1.0 - r))
+
+
+def next_uniforms(layer: keras.layers.Layer, x: ArrayLike) -> NDArray:
+    """The uniform numbers ``u`` that ``layer``'s next training call on ``x`` compares with ``rate``.
+
+    Reproduces the draw of ``keras.layers.Dropout`` (TensorFlow backend): a
+    seed drawn from a copy of the layer's seed generator, cast as Keras casts
+    it, and ``tf.random.stateless_uniform`` of ``x``'s shape and dtype with
+    TensorFlow's default algorithm, which is what
+    ``tf.nn.experimental.stateless_dropout`` calls. The layer itself is not
+    advanced. Only for layers without a ``noise_shape``.
+    """
+    from keras.src.backend.tensorflow.random import _cast_seed
+    from keras.src.random.seed_generator import draw_seed
+
+    if getattr(layer, "noise_shape", None) is not None:
+        raise ValueError("next_uniforms supports layers without a noise_shape only.")
+    xa = np.asarray(x)
+    _float_dtype(xa.dtype)
+    copy = keras.random.SeedGenerator(0)
+    copy.state.assign(layer.seed_generator.state.value)
+    seed = _cast_seed(draw_seed(copy))
+    return tf.random.stateless_uniform(xa.shape, seed=seed, dtype=tf.as_dtype(xa.dtype)).numpy()
+
+
+def uniform_grid(u: ArrayLike) -> int:
+    """The smallest ``G = 2**k`` such that every ``u * G`` is an integer (the sampler's grid).
+
+    TensorFlow draws a uniform number of a floating dtype from random
+    significand bits, so its values are multiples of ``1 / G``: ``G = 2**10``
+    for float16, ``2**23`` for float32.
+    """
+    ua = np.asarray(u, dtype=np.float64)
+    for k in range(64):
+        if np.all(np.ldexp(ua, k) == np.round(np.ldexp(ua, k))):
+            return 2**k
+    raise ValueError("u is not on a power-of-two grid below 2**-63.")
+
+
+def mean_output_z(rate: float, x: ArrayLike, n_draws: int, seed: int) -> tuple[NDArray, NDArray]:
+    """Standard scores of Keras's mean training output, for ``E = x`` and for ``E = (1 - rate) x``.
+
+    Runs ``keras.layers.Dropout(rate, seed=seed)`` once on ``n_draws`` copies of
+    the 1-D ``x`` (one row a training call) and returns ``(z, z_unscaled)``:
+    the mean output's distance from ``x`` (inverted dropout) and from
+    ``p x`` (a dropout that forgot to rescale), in units of the standard
+    error ``|x| sqrt((1 - p) / p) / sqrt(n)`` of ``m x / p``.
+    """
+    r = _check_rate(rate)
+    xa = np.asarray(x)
+    draws = keras.layers.Dropout(r, seed=seed)(np.tile(xa, (n_draws, 1)), training=True)
+    mean = np.asarray(draws, dtype=np.float64).mean(axis=0)
+    x64 = xa.astype(np.float64)
+    se = np.abs(x64) * np.sqrt(r / (1 - r)) / np.sqrt(n_draws)
+    return (mean - x64) / se, ((1 - r) * x64 - x64) / se
 
 
 # --------------------------------------------------------------------------- #
