@@ -20,4 +20,6 @@ keras_trajectories
     Record the weights Keras's ``model.fit`` visits, and compare trajectories.
 ensemble_checks
     How the ensemble chapter decides: twins, rounding bounds, convergence rates.
+limits_checks
+    The experiments of the chapter on where the equivalence ends.
 """

@@ -10,6 +10,8 @@ ensemble
     Every sub-network, enumerated exactly (AM, NWGM, weight scaling, MC).
 limits
     Where the equivalence between the two dropout variants ends.
+homogeneous
+    The global map for global-norm clipping on bias-free ReLU nets.
 stats
     Monte Carlo summaries with standard errors, and the z-scores that test them.
 variance_shift

@@ -35,6 +35,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from dropout_lib.exact import mlp
+from dropout_lib.exact.compare import trajectory_gaps
 from dropout_lib.exact.optimizers import Optimizer
 from dropout_lib.reference import Variant, check_keep_prob
 
@@ -224,8 +225,6 @@ def compare_runs(
     (:func:`dropout_lib.exact.compare.trajectory_gaps`). Returns the largest
     relative gap over the run, and the inverted run.
     """
-    from dropout_lib.exact.compare import trajectory_gaps
-
     kw = dict(keep_probs=keep_probs, steps=len(masks))
     inv = train(params, batches, masks, variant="inverted", optimizer=opt_inv, **kw)
     std = train(rescale(params, scales), batches, masks, variant="standard", optimizer=opt_std, **kw)
