@@ -344,13 +344,24 @@ def twin(model: keras.Model, variant: Variant) -> keras.Model:
     return _clone(model, variant, {})
 
 
-def _clone(model: keras.Model, variant: Variant, configs: dict[int, dict[str, Any]]) -> keras.Model:
-    """Clone with dropouts swapped and the layers in ``configs`` (by id) rebuilt from those configs."""
+def _clone(
+    model: keras.Model, variant: Variant, mapped: dict[int, dict[str, Any]]
+) -> keras.Model:
+    """Clone with dropouts swapped; layers in ``mapped`` (by id) get those attributes set.
+
+    The mapped objects are set on the new layer before it is built, not passed
+    through its config: a config turns an ``L2`` factor stored as
+    ``numpy.float64`` into a Python float, which Keras then rounds through
+    float32 (``ops.cast``), and the map would no longer be exact.
+    """
 
     def clone(layer: keras.layers.Layer) -> keras.layers.Layer:
         if _is_dropout(layer):
             return _swap(layer, variant)
-        return layer.__class__.from_config(configs.get(id(layer), layer.get_config()))
+        new = layer.__class__.from_config(layer.get_config())
+        for key, value in mapped.get(id(layer), {}).items():
+            setattr(new, key, value)
+        return new
 
     out = keras.models.clone_model(model, clone_function=clone)
     out.set_weights(model.get_weights())
@@ -367,33 +378,34 @@ _KERNEL_PREFIX = {
 }
 
 
-def _mapped_configs(consumers: Sequence[Consumer], direction: Direction) -> dict[int, dict[str, Any]]:
-    """Each consuming layer's config with its kernel's regulariser, constraint, initialiser mapped."""
-    configs: dict[int, dict[str, Any]] = {}
+def _mapped_hyperparameters(
+    consumers: Sequence[Consumer], direction: Direction
+) -> dict[int, dict[str, Any]]:
+    """Each consuming layer's kernel regulariser, constraint and initialiser, mapped (by layer id)."""
+    mapped: dict[int, dict[str, Any]] = {}
     for consumer in consumers:
         layer, p = consumer.layer, consumer.keep_prob
-        config = layer.get_config()
         prefix = _KERNEL_PREFIX.get(type(layer), "kernel")
         maps = (
             ("regularizer", map_regularizer, keras.regularizers),
             ("constraint", map_constraint, keras.constraints),
             ("initializer", map_initializer, keras.initializers),
         )
+        attributes: dict[str, Any] = {}
         for suffix, mapper, kind in maps:
             key = f"{prefix}_{suffix}"
             source = getattr(layer, key, None)
-            if source is None and config.get(key) is not None:
-                source = kind.get(config[key])
+            if source is None and layer.get_config().get(key) is not None:
+                source = kind.get(layer.get_config()[key])
             try:
-                mapped = mapper(source, p, direction)
+                attributes[key] = mapper(source, p, direction)
             except NoExactMapError as error:
                 raise NotConvertibleError(
                     f"layer {layer.name!r} ({type(layer).__name__}): its {key} has no exact "
                     f"map: {error}"
                 ) from error
-            config[key] = None if mapped is None else kind.serialize(mapped)
-        configs[id(layer)] = config
-    return configs
+        mapped[id(layer)] = attributes
+    return mapped
 
 
 @dataclass(frozen=True)
@@ -534,7 +546,7 @@ def convert_model(
                 f"dropouts are all of the other variant."
             )
     consumers = dropout_consumers(model)
-    out = _clone(model, variant, _mapped_configs(consumers, direction))
+    out = _clone(model, variant, _mapped_hyperparameters(consumers, direction))
     out.set_weights(converted_weights(model, direction))
     share_masks(model, out)
     if optimizer is None:

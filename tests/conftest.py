@@ -1,23 +1,35 @@
-"""Shared pytest fixtures."""
+"""Shared pytest fixtures and the hypothesis profiles."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Every run (`make test`, CI) explores the same examples: derandomized, no example
+# database, so a red run is reproducible on any machine. HYPOTHESIS_PROFILE=dev
+# lets hypothesis vary its examples (and keep a database) while developing.
+settings.register_profile(
+    "ci",
+    derandomize=True,
+    database=None,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile("dev", deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture(scope="module")
 def keras_float64():
     """Run a test module with float64 layers AND optimizer variables.
 
-    The learning rate lives in a variable of dtype ``floatx``, and a layer's
-    dtype comes from the global policy, so exact float64 comparisons need both
-    (see TOOLCHAIN.md). The previous settings are restored afterwards.
+    The library's one float64 context, :func:`dropout_lib.twins.keras_float64`
+    (floatx and the global dtype policy; both restored afterwards).
     """
-    import keras
+    from dropout_lib.twins import keras_float64 as context
 
-    old_floatx, old_policy = keras.config.floatx(), keras.config.dtype_policy()
-    keras.config.set_floatx("float64")
-    keras.config.set_dtype_policy("float64")
-    yield
-    keras.config.set_floatx(old_floatx)
-    keras.config.set_dtype_policy(old_policy)
+    with context():
+        yield
