@@ -47,7 +47,14 @@ from scipy.optimize import least_squares, minimize_scalar
 from dropout_lib.exact import mlp
 from dropout_lib.theory.ensemble import mask_blocks, mask_probabilities
 from dropout_lib.exact.optimizers import SGD, Adam, Optimizer
-from dropout_lib.reference import Variant, check_keep_prob, check_mask, check_variant
+from dropout_lib.reference import (
+    Variant,
+    apply_dropout,
+    check_keep_prob,
+    check_mask,
+    check_variant,
+    relative_difference,
+)
 from dropout_lib.exact.training import TrainResult
 
 Params = dict[str, NDArray[np.float64]]
@@ -100,8 +107,7 @@ def _drop(variant: Variant, h: NDArray, p: float, mask: NDArray | None, training
             "training=True needs the binary mask m (masks are inputs here, never drawn "
             "inside); draw one with dropout_lib.reference.sample_mask."
         )
-    m = check_mask(mask, h.shape)
-    return m * h if variant == "standard" else m * h / p
+    return apply_dropout(variant, h, p, check_mask(mask, h.shape), training=True)
 
 
 def _as_2d(name: str, x: ArrayLike, width: int | None = None) -> NDArray[np.float64]:
@@ -126,10 +132,9 @@ def relative_mismatch(outputs: NDArray, reference: NDArray) -> float:
     b = np.asarray(reference, dtype=np.float64)
     if a.shape != b.shape:
         raise ValueError(f"outputs have shape {a.shape} but reference has {b.shape}.")
-    ref = float(np.linalg.norm(b))
-    if ref == 0.0:
+    if not np.any(b):
         raise ValueError("reference outputs are all zero; a relative mismatch is undefined.")
-    return float(np.linalg.norm(a - b)) / ref
+    return relative_difference(a, b)
 
 
 @dataclass
