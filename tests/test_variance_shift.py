@@ -404,3 +404,20 @@ def test_closed_forms_accept_an_array_of_keep_probs():
     np.testing.assert_allclose(v, [float(vs.dropout_moments("inverted", p, 1.0, 2.0, training=True)[1]) for p in ps])
     with pytest.raises(ValueError, match="keep_prob"):
         vs.variance_shift_ratio(np.array([0.5, 0.0]), 1.0, 1.0)
+
+
+def test_equivalent_initial_moving_variance_maps_both_ways():
+    p = 0.6
+    assert vs.equivalent_initial_moving_variance(p) == p**2
+    assert vs.equivalent_initial_moving_variance(p, 2.0, to="inverted") == 2.0 / p**2
+    # the moving variances keep the ratio p^2 for every T when the initial values do
+    rng = np.random.default_rng(0)
+    b_inv = rng.uniform(0.5, 2.0, size=30)
+    m, s_inv, s_std = 0.99, 1.0, vs.equivalent_initial_moving_variance(p)
+    for b in b_inv:
+        s_inv, s_std = m * s_inv + (1 - m) * b, m * s_std + (1 - m) * p**2 * b
+        assert s_std == pytest.approx(p**2 * s_inv, rel=1e-14)
+    with pytest.raises(ValueError, match="to must"):
+        vs.equivalent_initial_moving_variance(p, to="paper")
+    with pytest.raises(ValueError, match="positive"):
+        vs.equivalent_initial_moving_variance(p, 0.0)

@@ -28,9 +28,12 @@ BatchNorm is invariant to ``y -> a y + c`` (``a > 0``) except for its
 variant's ``y`` is the standard one's over ``p`` (also through a linear layer
 between dropout and BatchNorm; a fixed bias there adds a constant),
 BatchNorm with ``eps`` after inverted dropout gives exactly the outputs of
-BatchNorm with ``p^2 eps`` after standard dropout, in training and at test
-time (:func:`equivalent_epsilon`); with the same ``eps`` the two differ by
-the factor of :func:`same_epsilon_output_ratio`.
+BatchNorm with ``p^2 eps`` after standard dropout in training
+(:func:`equivalent_epsilon`). At test time it also needs the moving variance's
+*initial value* mapped, ``s0 -> p^2 s0`` (:func:`equivalent_initial_moving_variance`;
+Keras starts at 1), or the equality holds only up to ``momentum^T`` times the
+initial values. With the same ``eps`` the two differ by the factor of
+:func:`same_epsilon_output_ratio`.
 
 Keras's ``BatchNormalization`` updates ``moving = momentum * moving + (1 -
 momentum) * batch_stat`` with the *biased* (divide by ``B``) batch variance;
@@ -60,6 +63,7 @@ __all__ = [
     "predicted_test_output_variance",
     "batchnorm",
     "equivalent_epsilon",
+    "equivalent_initial_moving_variance",
     "same_epsilon_output_ratio",
     "run_training_calls",
     "with_epsilon",
@@ -521,6 +525,37 @@ def equivalent_epsilon(keep_prob: float, epsilon: float) -> float:
     """
     p = check_keep_prob(keep_prob)
     return p**2 * _check_eps(epsilon)
+
+
+def equivalent_initial_moving_variance(
+    keep_prob: float, initial: float = 1.0, *, to: str = "standard"
+) -> float:
+    """BatchNorm's initial moving variance that keeps the two variants equal at test time.
+
+    After ``T`` training calls with momentum ``m`` the moving variance is
+    ``m^T s0 + sum_t (1 - m) m^(T-1-t) b_t``. The batch variances ``b_t`` after
+    standard dropout are ``p^2`` times those after inverted dropout (same masks),
+    so the moving variances keep that ratio for every ``T`` exactly when the
+    initial values ``s0`` do:
+
+    * ``to="standard"`` (Keras's inverted net with initial value ``initial``,
+      default 1, mapped to the paper's): ``p^2 * initial``;
+    * ``to="inverted"`` (the paper's net mapped to Keras's): ``initial / p^2``.
+
+    Keras: ``BatchNormalization(moving_variance_initializer=
+    keras.initializers.Constant(value))`` (the constant passes through float32;
+    assign the variable for an exact float64 value). The moving mean starts at
+    0 in Keras, which maps to itself.
+    """
+    p = check_keep_prob(keep_prob)
+    s0 = float(initial)
+    if not np.isfinite(s0) or s0 <= 0:
+        raise ValueError(f"initial must be a positive moving variance; got {initial!r}.")
+    if to == "standard":
+        return p**2 * s0
+    if to == "inverted":
+        return s0 / p**2
+    raise ValueError(f"to must be 'standard' or 'inverted' (the variant the map leads to); got {to!r}.")
 
 
 def same_epsilon_output_ratio(
