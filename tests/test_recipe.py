@@ -215,21 +215,22 @@ def _example_block() -> str:
 def test_page_keras_example_runs_and_trains_as_the_paper(keras_float64, capsys):
     import keras
 
+    import dropout_lib as dl
     from dropout_lib import mapping
 
     ns: dict = {}
     exec(compile(_example_block(), "recipe.md", "exec"), ns)  # noqa: S102 - the page's own code
     assert capsys.readouterr().out.strip() == "[0.064, 0.1]"
-    paper, ported, paper_opt, opt = ns["paper"], ns["ported"], ns["paper_opt"], ns["opt"]
+    paper, paper_opt, ported = ns["paper"], ns["paper_opt"], ns["ported"]
+    naive = dl.convert_model(paper, to="inverted").model       # same masks, weights converted
     rng = np.random.default_rng(12)
     x = rng.normal(size=(FIT_STEPS * 8, 20))
     y = rng.integers(0, 10, size=len(x))
-    naive = ns["net"](keras.layers.Dropout(ns["rate"], seed=1))
-    naive.set_weights(ported.get_weights())
-    w_ported = _fit(ported, opt, x, y)
+    w_ported = _fit(ported.model, ported.optimizer, x, y)
     w_naive = _fit(naive, mapping.clone_optimizer(paper_opt), x, y)
     w_paper = _fit(paper, paper_opt, x, y)
     p = 1.0 - ns["rate"]
+    assert [c.keep_prob for c in ported.consumers] == [p]
     scales = [1.0, 1.0, p, 1.0]  # consuming kernel W_inv = p W_std; the rest unchanged
     assert _gap(w_ported, w_paper, scales) <= FIT_TOL
     assert _gap(w_naive, w_paper, scales) >= CONTROL_GAP
