@@ -83,7 +83,10 @@ _UNCHANGED = {
 
 
 def keep_prob_from_torch_p(p: float) -> float:
-    """The keep probability of ``torch.nn.Dropout(p)``: ``1 - p`` (PyTorch's ``p`` is the drop probability)."""
+    """The keep probability of ``torch.nn.Dropout(p)``: ``1 - p``.
+
+    PyTorch's ``p`` is the probability of dropping a unit (Keras's ``rate``).
+    """
     if not (isinstance(p, (int, float)) and 0.0 <= p < 1.0):
         raise ValueError(f"torch.nn.Dropout's p (drop probability) must be in [0, 1); got {p!r}.")
     return 1.0 - float(p)

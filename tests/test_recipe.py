@@ -213,8 +213,6 @@ def _example_block() -> str:
 
 
 def test_page_keras_example_runs_and_trains_as_the_paper(keras_float64, capsys):
-    import keras
-
     import dropout_lib as dl
     from dropout_lib import mapping
 
