@@ -449,6 +449,8 @@ def convert_weights(model_src: keras.Model, model_dst: keras.Model, direction: D
         ``'to_standard'``: ``model_src`` uses ``keras.layers.Dropout``,
         ``model_dst`` ``StandardDropout``; ``'to_inverted'``: the reverse.
 
+    Notes
+    -----
     Only weights change. Regularizers, constraints and initialisers of the
     consuming kernels are the twin's own: build the twin with
     :func:`map_regularizer`, :func:`map_constraint`, :func:`map_initializer`
@@ -596,6 +598,8 @@ class EquivariantMaxNorm(keras.constraints.Constraint):
         As ``keras.constraints.MaxNorm``: 0 constrains each column of a
         Dense kernel (the weights into one unit).
 
+    Notes
+    -----
     Unlike ``keras.constraints.MaxNorm``, which returns
     ``w * clip(||w||, 0, c) / (1e-7 + ||w||)`` and so shrinks every slice a
     little on every step, this leaves slices with ``||w|| <= c`` untouched
@@ -675,6 +679,8 @@ class ScaledInitializer(keras.initializers.Initializer):
     factor
         Positive multiplier ``s``.
 
+    Notes
+    -----
     ``ScaledInitializer(RandomNormal(mean, sigma), s)`` is ``N(s*mean,
     (s*sigma)**2)``; a ``VarianceScaling(scale)`` becomes
     ``VarianceScaling(scale * s**2)`` in distribution. Multiplying the draws,

@@ -556,11 +556,30 @@ def to_standard(
     *,
     variables: Iterable[Any] | None = None,
 ) -> keras.optimizers.Optimizer:
-    """Map an inverted-dropout net's optimizer to the standard net's consuming kernels.
+    """The optimizer for the CONSUMING KERNELS ONLY of the standard (paper's) net, from an inverted net's.
 
-    ``keep_prob`` is ``p`` (Keras's ``rate = 1 - p``); ``W_std = W_inv / p``.
+    ``keep_prob`` is ``p`` (Keras's ``rate = 1 - p``); the consuming kernels
+    are the ones that read a dropout's output, rescaled ``W_std = W_inv / p``.
     See :func:`map_optimizer` and the module table (e.g. SGD ``lr / p**2``,
     Adam ``lr / p`` and ``epsilon * p``).
+
+    .. warning::
+       Do not compile a whole model with the result: it would apply, e.g.,
+       ``lr / p**2`` to every variable, biases and undropped layers included,
+       which is NOT the map (those keep the original optimizer). Use
+       :func:`dropout_lib.twins.convert_model` (``dl.convert_model``), which
+       returns the model and a per-variable optimizer, or
+       :func:`mapped_multi_optimizer` for a model you built yourself.
+
+    Examples
+    --------
+    >>> import keras
+    >>> mapped = to_standard(keras.optimizers.SGD(0.1, momentum=0.9), keep_prob=0.5)
+    >>> round(float(mapped.learning_rate), 6), mapped.momentum   # lr / p**2
+    (0.4, 0.9)
+    >>> adam = to_standard(keras.optimizers.Adam(1e-3, epsilon=1e-7), keep_prob=0.5)
+    >>> round(float(adam.learning_rate), 6), adam.epsilon        # lr / p, epsilon * p
+    (0.002, 5e-08)
     """
     return map_optimizer(optimizer, keep_prob, "to_standard", variables=variables)
 
@@ -571,10 +590,28 @@ def to_inverted(
     *,
     variables: Iterable[Any] | None = None,
 ) -> keras.optimizers.Optimizer:
-    """Map a standard-dropout net's optimizer to the inverted net's consuming kernels.
+    """The optimizer for the CONSUMING KERNELS ONLY of the inverted (Keras) net, from a standard net's.
 
-    ``keep_prob`` is ``p`` (Keras's ``rate = 1 - p``); ``W_inv = p * W_std``.
-    The inverse of :func:`to_standard` (``p`` replaced by ``1/p`` in the table).
+    ``keep_prob`` is ``p`` (Keras's ``rate = 1 - p``); the consuming kernels
+    are rescaled ``W_inv = p * W_std``. The inverse of :func:`to_standard`
+    (``p`` replaced by ``1/p`` in the module table): this is the direction a
+    practitioner with the paper's recipe needs.
+
+    .. warning::
+       Do not compile a whole model with the result: it would apply, e.g.,
+       ``lr * p**2`` to every variable, which is NOT the map. Use
+       :func:`dropout_lib.twins.convert_model` (``dl.convert_model``) or
+       :func:`mapped_multi_optimizer`.
+
+    Examples
+    --------
+    The paper's SGD recipe (learning rate 0.1, p = 0.5) on the kernels that
+    read a dropout's output, in Keras's dropout:
+
+    >>> import keras
+    >>> mapped = to_inverted(keras.optimizers.SGD(0.1, momentum=0.9), keep_prob=0.5)
+    >>> round(float(mapped.learning_rate), 6)   # lr * p**2
+    0.025
     """
     return map_optimizer(optimizer, keep_prob, "to_inverted", variables=variables)
 

@@ -319,7 +319,7 @@ def twin(model: keras.Model, variant: Variant) -> keras.Model:
         For subclassed models or unknown ``Dropout`` subclasses.
     ValueError
         If a dropout layer already has the twin's variant.
-    dropout_lib.NotConvertibleError
+    dropout_lib.validation.NotConvertibleError
         If a dropout sits inside a nested model or another layer, where the
         swap cannot reach it.
 
@@ -485,7 +485,7 @@ def convert_model(
 
     Raises
     ------
-    dropout_lib.NotConvertibleError
+    dropout_lib.validation.NotConvertibleError
         Naming the layer and the reason, for anything without an exact
         conversion: a dropout inside a nested model or another layer, a
         dropout that is not Bernoulli dropout (``GaussianDropout``,
@@ -495,7 +495,7 @@ def convert_model(
         (``tanh``, normalisation, an unknown layer), a consuming kernel with
         ``keras.constraints.MaxNorm`` or an unknown regulariser, a subclassed
         or unbuilt model.
-    dropout_lib.NoExactMapError
+    dropout_lib.validation.NoExactMapError
         If the optimizer has no exact map (``global_clipnorm``, ...).
 
     Examples
@@ -584,7 +584,7 @@ def mapped_twin(model: keras.Model, variant: Variant, *, hyperparameters: str = 
 
     Raises
     ------
-    dropout_lib.NotConvertibleError
+    dropout_lib.validation.NotConvertibleError
         As :func:`convert_model` (``'copied'``: if the graph admits no exact
         map of the weights).
 
