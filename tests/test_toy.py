@@ -79,3 +79,18 @@ def test_gap_panels_draws_one_panel_per_entry():
     assert len(axes[0, 0].get_lines()) == 3   # the gaps, one guide, the tolerance
     fig, ax = gap_panels({"": [("x", gaps, "mapped", "-")]}, steps=np.arange(4), xlog=False)
     assert ax.get_xscale() == "linear"
+
+
+def test_disagreement_counts_differing_predictions():
+    toy = toy_problem(2, n_test=50)
+    assert toy.disagreement(toy.params_inv, "inverted", toy.params_std, "standard") == 0.0
+    other = {n: -w for n, w in toy.params_inv.items()}
+    assert 0 < toy.disagreement(toy.params_inv, "inverted", other, "inverted") <= 1
+
+
+def test_keras_nesterov_form_is_dropout_libs_keras_form():
+    pytest.importorskip("keras")
+    from dropout_lib.book.keras_toy import sgd_forms_against_keras
+
+    gaps = sgd_forms_against_keras(steps=5)
+    assert gaps["keras"] <= 5 * 4 * 2.0**-53 < 1e-3 < min(gaps["paper"], gaps["heavy-ball"])

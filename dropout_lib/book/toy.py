@@ -193,6 +193,12 @@ class Toy:
         return mlp.predict(params, self.x_test if x is None else x, variant=variant,
                            keep_probs=self.keep_probs)
 
+    def disagreement(self, params_a: Mapping[str, NDArray], variant_a: str,
+                     params_b: Mapping[str, NDArray], variant_b: str) -> float:
+        """Share of held-out examples whose predicted class differs between two trained nets."""
+        za, zb = self.predict(params_a, variant_a), self.predict(params_b, variant_b)
+        return float(np.mean(za.argmax(axis=1) != zb.argmax(axis=1)))
+
     def glue_setup(self) -> None:
         """Glue the set-up's numbers under the names chapters 4-6 paste (all exact).
 
