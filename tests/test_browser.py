@@ -25,8 +25,14 @@ ROOT = Path(__file__).resolve().parents[1]
 HTML = ROOT / "_build" / "html"
 # Debian's chromium and chromium-driver; Chrome where that is what the machine has.
 CHROMIUM = os.environ.get("CHROME_BIN") or shutil.which("chromium") or shutil.which("google-chrome")
-CHROMEDRIVER = os.environ.get("CHROMEDRIVER") or shutil.which("chromedriver") or (
-    shutil.which("chromedriver", path=os.environ["CHROMEWEBDRIVER"]) if os.environ.get("CHROMEWEBDRIVER") else None
+CHROMEDRIVER = (
+    os.environ.get("CHROMEDRIVER")
+    or shutil.which("chromedriver")
+    or (
+        shutil.which("chromedriver", path=os.environ["CHROMEWEBDRIVER"])
+        if os.environ.get("CHROMEWEBDRIVER")
+        else None
+    )
 )
 SKIP_PAGES = {"search.html", "genindex.html"}
 # pydata-sphinx-theme logs this on a browser profile's first page (no stored
@@ -38,7 +44,8 @@ def _pages() -> list[Path]:
     if not HTML.is_dir():
         return []
     return sorted(
-        p for p in HTML.rglob("*.html")
+        p
+        for p in HTML.rglob("*.html")
         if p.name not in SKIP_PAGES and "_static" not in p.parts and "_sources" not in p.parts
     )
 
@@ -49,9 +56,11 @@ PAGES = _pages()
 # browser is a failure, not a skip.
 _REQUIRED = os.environ.get("DROPOUT_BOOK_BROWSER") == "required"
 _MISSING = (
-    "no built book: run `make book` first" if not PAGES else
-    "needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)"
-    if CHROMIUM is None or CHROMEDRIVER is None else None
+    "no built book: run `make book` first"
+    if not PAGES
+    else "needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)"
+    if CHROMIUM is None or CHROMEDRIVER is None
+    else None
 )
 if _MISSING and _REQUIRED:
     raise RuntimeError(_MISSING)
@@ -66,9 +75,15 @@ def browser():
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in (
-        "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
-        "--no-first-run", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--window-size=1280,1600",
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1280,1600",
     ):
         options.add_argument(flag)
     profile = tempfile.mkdtemp(prefix="dropout-book-chromium-")
@@ -121,7 +136,8 @@ def test_page_renders_offline(browser, page: Path) -> None:
     mathjax = browser.execute_async_script(WAIT_FOR_MATHJAX)
     info = browser.execute_script(INSPECT_PAGE)
     console = [
-        e["message"] for e in browser.get_log("browser")
+        e["message"]
+        for e in browser.get_log("browser")
         if e["level"] == "SEVERE" and not any(h in e["message"] for h in HARMLESS_CONSOLE)
     ]
 
