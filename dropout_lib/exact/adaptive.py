@@ -49,6 +49,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from dropout_lib.exact import compare, mlp
+from dropout_lib.exact import optimizers as _optimizers
 from dropout_lib.exact.optimizers import FORMS, Adagrad, Adam, Form, Optimizer, RMSprop
 from dropout_lib.exact.training import train
 
@@ -78,9 +79,7 @@ EPSILON_PLACEMENT: dict[tuple[str, Form], Placement] = {
 
 #: ``state_std = p**power * state_inv`` on a consuming weight, per state key.
 STATE_POWERS: dict[str, dict[str, int]] = {
-    "Adam": {"m": 1, "v": 2, "v_hat": 2},
-    "RMSprop": {"v": 2, "a": 1, "mom": -1},
-    "Adagrad": {"G": 2},
+    name: _optimizers.STATE_POWERS[name] for name in ("Adam", "RMSprop", "Adagrad")  # the one table
 }
 
 

@@ -45,7 +45,19 @@ DecayForm = Literal["keras", "lh"]
 FORMS: tuple[Form, ...] = ("keras", "paper")
 DECAY_FORMS: tuple[DecayForm, ...] = ("keras", "lh")
 
+#: How each optimizer's state scales on a consuming weight, ``W_std = W_inv / p``:
+#: ``state_std = p**power * state_inv`` per state key (the package's one table).
+#: A first moment is a sum of gradients (``g_std = p g_inv``: power 1), a second
+#: moment of squared gradients (2), a momentum velocity a sum of weight steps (-1).
+STATE_POWERS: dict[str, dict[str, int]] = {
+    "SGD": {"v": -1},
+    "Adam": {"m": 1, "v": 2, "v_hat": 2},
+    "RMSprop": {"v": 2, "a": 1, "mom": -1},
+    "Adagrad": {"G": 2},
+}
+
 __all__ = [
+    "STATE_POWERS",
     "Optimizer",
     "SGD",
     "Adam",

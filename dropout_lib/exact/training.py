@@ -18,7 +18,7 @@ from dropout_lib.exact.mlp import Activation, Loss, Masks, Params, loss_and_grad
 from dropout_lib.exact.optimizers import Optimizer
 from dropout_lib.reference import Variant
 
-__all__ = ["TrainResult", "train"]
+__all__ = ["TrainResult", "run", "train"]
 
 
 @dataclass
@@ -82,15 +82,48 @@ def train(
             raise ValueError(
                 f"constraints names {name!r}, which is not a parameter; have {sorted(params)}."
             )
+
+    def gradients(t: int, at: Mapping[str, NDArray]) -> tuple[float, Mapping[str, NDArray]]:
+        x, y = data_batches[t % len(data_batches)]
+        masks = masks_sequence(t) if callable(masks_sequence) else masks_sequence[t]
+        return loss_and_grads(
+            at, x, y, variant=variant, keep_probs=keep_probs,
+            masks=masks, activation=activation, loss=loss, l2=l2)
+
+    return run(params, optimizer, steps, gradients, constraints=constraints, record=record)
+
+
+def run(
+    params: Mapping[str, NDArray],
+    optimizer: Optimizer,
+    steps: int,
+    gradients: Callable[[int, Mapping[str, NDArray]], tuple[float, Mapping[str, NDArray]]],
+    *,
+    constraints: Mapping[str, Callable[[NDArray], NDArray]] | None = None,
+    record: bool = True,
+) -> TrainResult:
+    """The package's one training loop: ``steps`` optimizer steps from ``params`` (not modified).
+
+    Step ``t`` computes ``loss, grads = gradients(t, optimizer.eval_point(current))``,
+    then ``optimizer.step(current, grads)``, then applies each
+    ``constraints[name]`` (``w <- constraint(w)``, as Keras applies a variable's
+    constraint after the optimizer step), and records a snapshot if ``record``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from dropout_lib.exact.optimizers import SGD
+    >>> result = run({"w": np.array([1.0])}, SGD(0.25), 2, lambda t, p: (float(p["w"][0] ** 2), {"w": 2 * p["w"]}))
+    >>> result.params["w"], result.losses
+    (array([0.25]), array([1.  , 0.25]))
+    """
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0; got {steps}.")
     current = {n: np.array(v, dtype=np.float64) for n, v in params.items()}
     history = [{n: v.copy() for n, v in current.items()}] if record else []
     losses = np.empty(steps)
     for t in range(steps):
-        x, y = data_batches[t % len(data_batches)]
-        masks = masks_sequence(t) if callable(masks_sequence) else masks_sequence[t]
-        losses[t], grads = loss_and_grads(
-            optimizer.eval_point(current), x, y, variant=variant, keep_probs=keep_probs,
-            masks=masks, activation=activation, loss=loss, l2=l2)
+        losses[t], grads = gradients(t, optimizer.eval_point(current))
         optimizer.step(current, grads)
         for name, constraint in (constraints or {}).items():
             current[name] = np.asarray(constraint(current[name]), dtype=np.float64)

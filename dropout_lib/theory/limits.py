@@ -46,7 +46,7 @@ from scipy.optimize import least_squares, minimize_scalar
 
 from dropout_lib.exact import mlp
 from dropout_lib.theory.ensemble import mask_blocks, mask_probabilities
-from dropout_lib.exact.optimizers import SGD, Adam, Optimizer
+from dropout_lib.exact.optimizers import SGD, STATE_POWERS, Adam, Optimizer
 from dropout_lib.reference import (
     Variant,
     apply_dropout,
@@ -55,7 +55,8 @@ from dropout_lib.reference import (
     check_variant,
     relative_difference,
 )
-from dropout_lib.exact.training import TrainResult
+from dropout_lib.exact.clipping import Clipped, _check_threshold
+from dropout_lib.exact.training import TrainResult, run
 
 Params = dict[str, NDArray[np.float64]]
 Activation = str
@@ -580,16 +581,13 @@ def train_autoencoder(
         raise ValueError("batches is empty; give at least one input batch.")
     if len(masks) < steps:
         raise ValueError(f"masks holds {len(masks)} masks but steps={steps}; give one per step.")
-    current = {n: np.array(v, dtype=np.float64) for n, v in params.items()}
-    history = [{n: v.copy() for n, v in current.items()}]
-    losses = np.empty(steps)
-    for t in range(steps):
-        losses[t], grads = autoencoder_loss_and_grads(
-            optimizer.eval_point(current), batches[t % len(batches)], variant=variant,
+
+    def gradients(t: int, at: Mapping[str, NDArray]) -> tuple[float, Params]:
+        return autoencoder_loss_and_grads(
+            at, batches[t % len(batches)], variant=variant,
             keep_prob=keep_prob, mask=masks[t], activation=activation)
-        optimizer.step(current, grads)
-        history.append({n: v.copy() for n, v in current.items()})
-    return TrainResult(params=current, losses=losses, history=history)
+
+    return run(params, optimizer, steps, gradients)
 
 
 def _flatten(params: Mapping[str, NDArray], names: Sequence[str]) -> NDArray[np.float64]:
@@ -666,7 +664,7 @@ def fit_standard_autoencoder(
 # How each optimizer state scales under W_std = W_inv / p: a momentum velocity is
 # a sum of weight steps ("weight": 1/p), Adam's first moment a sum of gradients
 # ("grad": g_std = p g_inv), its second moment of squared gradients ("grad2": p^2).
-_STATE_POWER = {SGD: {"v": -1}, Adam: {"m": 1, "v": 2, "v_hat": 2}}
+_STATE_POWER = {SGD: STATE_POWERS["SGD"], Adam: STATE_POWERS["Adam"]}
 _LR_POWER = {SGD: -2, Adam: -1}
 _EPS_POWER = {Adam: 1}
 
@@ -747,7 +745,7 @@ def switch_keep_probs(
 # ------------------------------------------------------ 4. global-norm clipping
 
 
-class WeightedGlobalClip:
+class WeightedGlobalClip(Clipped):
     """Global-norm clipping with a weight per tensor, in front of an optimizer.
 
     ``step(params, grads)`` scales every gradient by ``min(1, c / N)`` with
@@ -759,33 +757,26 @@ class WeightedGlobalClip:
     rule that reproduces Keras's ``global_clipnorm=c`` of the inverted net. No
     threshold of plain global clipping does (see :func:`gradient_norm_split`).
 
-    Duck-types :class:`~dropout_lib.exact.optimizers.Optimizer` for
-    :func:`dropout_lib.exact.training.train` (``step``, ``eval_point``).
+    The package's one clipping design: a :class:`dropout_lib.exact.clipping.Clipped`
+    with its own rule (``clip``); stepping, recording which tensors were
+    clipped (``active``) and the wrapped optimizer's state are Clipped's.
     """
 
     def __init__(self, optimizer: Optimizer, clipnorm: float, weights: Mapping[str, float]) -> None:
-        if optimizer.clipnorm is not None or optimizer.global_clipnorm is not None:
-            raise ValueError(
-                "the wrapped optimizer clips already; give it no clipnorm or global_clipnorm."
-            )
-        c = float(clipnorm)
-        if not (math.isfinite(c) and c > 0.0):
-            raise ValueError(f"clipnorm must be a finite number > 0; got {clipnorm!r}.")
         for name, w in weights.items():
             if not (math.isfinite(float(w)) and float(w) > 0.0):
                 raise ValueError(f"weights[{name!r}] must be > 0; got {w!r}.")
-        self.optimizer, self.clipnorm, self.weights = optimizer, c, dict(weights)
+        # Clipped checks the wrapped optimizer (no clipping of its own) and the threshold.
+        super().__init__(optimizer, "global_norm", _check_threshold(clipnorm, "clipnorm"))
+        self.weights = dict(weights)
 
-    def eval_point(self, params: Mapping[str, NDArray]) -> Mapping[str, NDArray]:
-        """The wrapped optimizer's evaluation point."""
-        return self.optimizer.eval_point(params)
-
-    def step(self, params: dict[str, NDArray], grads: Mapping[str, NDArray]) -> None:
-        """Clip by the weighted global norm, then take the wrapped optimizer's step."""
+    def clip(self, grads: Mapping[str, NDArray]) -> tuple[Params, dict[str, bool]]:
+        """Scale every gradient by ``min(1, c / N_w)``, ``N_w`` the weighted global norm."""
+        c = float(self.threshold)  # type: ignore[arg-type]
         total = math.sqrt(sum(float(np.sum((g / self.weights.get(n, 1.0)) ** 2))
                               for n, g in grads.items()))
-        scale = min(1.0, self.clipnorm / total) if total > 0.0 else 1.0
-        self.optimizer.step(params, {n: g * scale for n, g in grads.items()})
+        scale = min(1.0, c / total) if total > 0.0 else 1.0
+        return {n: g * scale for n, g in grads.items()}, {n: total > c for n in grads}
 
 
 @dataclass
