@@ -232,3 +232,26 @@ def test_page_keras_example_runs_and_trains_as_the_paper(keras_float64, capsys):
     scales = [1.0, 1.0, p, 1.0]  # consuming kernel W_inv = p W_std; the rest unchanged
     assert _gap(w_ported, w_paper, scales) <= FIT_TOL
     assert _gap(w_naive, w_paper, scales) >= CONTROL_GAP
+
+
+@pytest.mark.parametrize("page", ["intro.md", "recipe.md"])
+def test_page_references_exist(page):
+    """Every {prf:ref} label, {doc} page and {cite} key of the page exists (the strict
+    book build checks this too, but only after executing every chapter)."""
+    import json
+
+    root = PAGE.parent
+    text = (root / page).read_text(encoding="utf-8")
+    sources = [(root / "recipe.md").read_text(encoding="utf-8")]
+    for nb in sorted(root.glob("chapters/*.ipynb")):
+        cells = json.loads(nb.read_text(encoding="utf-8"))["cells"]
+        sources += ["".join(c["source"]) for c in cells if c["cell_type"] == "markdown"]
+    labels = set(re.findall(r":label: ([\w-]+)", "\n".join(sources)))
+    missing = set(re.findall(r"\{prf:ref\}`([\w-]+)`", text)) - labels
+    assert not missing, f"{page}: undefined theorem labels {sorted(missing)}"
+    for doc in re.findall(r"\{doc\}`/?([\w/.-]+)`", text):
+        assert any((root / f"{doc}{ext}").exists() for ext in (".md", ".ipynb")), doc
+    keys = set(re.findall(r"^@\w+\{([^,]+),", (root / "references.bib").read_text(), re.M))
+    cited = {k.strip() for m in re.findall(r"\{cite(?::\w+)?\}`([^`]*)`", text)
+             for k in m.split(",")}
+    assert cited <= keys, f"{page}: citation keys missing from references.bib: {cited - keys}"
