@@ -17,7 +17,6 @@ be compared on identical randomness.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,22 +24,9 @@ import keras
 import numpy as np
 from keras import ops
 
+from dropout_lib.validation import check_rate
+
 __all__ = ["StandardDropout"]
-
-
-def _check_rate(rate: Any) -> float:
-    if isinstance(rate, bool) or not isinstance(rate, (int, float, np.integer, np.floating)):
-        raise TypeError(
-            f"rate must be a Python float in [0, 1); got {rate!r} of type "
-            f"{type(rate).__name__}."
-        )
-    if not math.isfinite(rate) or not 0.0 <= rate < 1.0:
-        raise ValueError(
-            f"rate must be in [0, 1); got {rate!r}. rate is Keras's DROP "
-            f"probability, keep_prob = 1 - rate; rate = 1 would drop every unit "
-            f"and leave nothing to rescale. For keep probability p pass rate=1 - p."
-        )
-    return float(rate)
 
 
 def _check_noise_shape(noise_shape: Any) -> tuple[int | None, ...] | None:
@@ -107,7 +93,7 @@ class StandardDropout(keras.layers.Layer):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.rate = _check_rate(rate)
+        self.rate = check_rate(rate)
         self.keep_prob = 1.0 - self.rate
         self.noise_shape = _check_noise_shape(noise_shape)
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):

@@ -70,11 +70,7 @@ class Moments(NamedTuple):
 def _keep_prob(keep_prob: float | Fraction) -> float | Fraction:
     """Check ``keep_prob`` in (0, 1]; a Fraction stays a Fraction (exact arithmetic)."""
     if isinstance(keep_prob, Fraction):
-        if not 0 < keep_prob <= 1:
-            raise ValueError(
-                f"keep_prob must be in (0, 1]; got {keep_prob}. keep_prob is the probability "
-                "of KEEPING a unit; Keras's rate is 1 - keep_prob."
-            )
+        check_keep_prob(keep_prob)  # the one check (it accepts a Fraction); keep it exact
         return keep_prob
     return check_keep_prob(keep_prob)
 

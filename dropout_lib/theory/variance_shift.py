@@ -50,6 +50,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from dropout_lib.reference import check_keep_prob, check_variant, dropout
+from dropout_lib.validation import check_keep_probs
 from dropout_lib.theory.stats import sample_variance, variance_of_sample_variance
 
 __all__ = [
@@ -94,19 +95,7 @@ def _check_var(name: str, value: ArrayLike) -> NDArray[np.float64]:
     return arr
 
 
-def _check_keep_probs(keep_prob: ArrayLike) -> float | NDArray[np.float64]:
-    """``check_keep_prob`` for a scalar; elementwise for an array (for curves over p)."""
-    if np.ndim(keep_prob) == 0:
-        return check_keep_prob(keep_prob)  # type: ignore[arg-type]
-    arr = np.asarray(keep_prob, dtype=np.float64)
-    bad = ~(np.isfinite(arr) & (arr > 0) & (arr <= 1))
-    if np.any(bad):
-        raise ValueError(
-            f"keep_prob must be in (0, 1]; got {arr[bad].ravel()[0]!r} among the values. "
-            "keep_prob is the probability of KEEPING a unit; Keras's rate (the drop "
-            "probability) is 1 - keep_prob."
-        )
-    return arr
+_check_keep_probs = check_keep_probs  # the one check, in dropout_lib.validation
 
 
 def _check_eps(epsilon: float) -> float:
