@@ -243,6 +243,15 @@ class Consumer:
         ``p``, the keep probability of the dropout feeding it (Keras's rate
         is ``1 - p``); the product of keep probabilities behind several
         dropouts. ``s = 1/p`` to standard, ``p`` to inverted.
+
+    Examples
+    --------
+    >>> import keras
+    >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dropout(0.2),
+    ...                           keras.layers.Dense(2, name="out")])
+    >>> consumer = dropout_consumers(model)[0]
+    >>> consumer.layer.name, round(consumer.keep_prob, 12), consumer.variables[0].name
+    ('out', 0.8, 'kernel')
     """
 
     layer: keras.layers.Layer
@@ -258,6 +267,14 @@ def consumer_kernels(layer: keras.layers.Layer) -> tuple[Any, ...]:
     NotConvertibleError
         If ``layer`` is not a linear layer with a known kernel (exact class),
         is unbuilt, or uses LoRA or quantisation.
+
+    Examples
+    --------
+    >>> import keras
+    >>> layer = keras.layers.Dense(2)
+    >>> layer.build((None, 3))
+    >>> [v.name for v in consumer_kernels(layer)]
+    ['kernel']
     """
     names = _CONSUMER_KERNELS.get(type(layer))
     if names is None:
@@ -369,6 +386,15 @@ def dropout_consumers(model: keras.Model) -> list[Consumer]:
     TypeError
         For subclassed models, whose graph cannot be read: pass
         ``consuming_layers`` and ``keep_prob`` to the functions that take them.
+
+    Examples
+    --------
+    >>> import keras
+    >>> x = keras.Input((4,))
+    >>> h = keras.layers.Dense(4, activation="relu", name="hidden")(keras.layers.Dropout(0.5)(x))
+    >>> y = keras.layers.Dense(2, name="out")(keras.layers.ReLU()(keras.layers.Dropout(0.5)(h)))
+    >>> [(c.layer.name, c.keep_prob) for c in dropout_consumers(keras.Model(x, y))]
+    [('hidden', 0.5), ('out', 0.5)]
     """
     if not model.built:
         raise NotConvertibleError(
@@ -419,6 +445,14 @@ def converted_weights(model: keras.Model, direction: Direction) -> list[NDArray]
     ``W / p``. ``'to_inverted'``: ``model`` uses the paper's dropout; kernels
     become ``p * W``. Biases and all other weights are copied unchanged.
     Load the result with ``twin.set_weights(...)``.
+
+    Examples
+    --------
+    >>> import keras, numpy as np
+    >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dropout(0.5),
+    ...                           keras.layers.Dense(1, kernel_initializer="ones", bias_initializer="ones")])
+    >>> [w.ravel().tolist() for w in converted_weights(model, "to_standard")]   # W / p, b unchanged
+    [[2.0, 2.0], [1.0]]
     """
     check_direction(direction)
     scale: dict[int, float] = {}
@@ -464,6 +498,17 @@ def convert_weights(model_src: keras.Model, model_dst: keras.Model, direction: D
         dropout has the wrong variant for ``direction``.
     NotConvertibleError
         If the graph admits no exact conversion (see :func:`dropout_consumers`).
+
+    Examples
+    --------
+    >>> import keras, numpy as np
+    >>> from dropout_lib.layers import StandardDropout
+    >>> inv = keras.Sequential([keras.Input((2,)), keras.layers.Dropout(0.5),
+    ...                         keras.layers.Dense(1, kernel_initializer="ones")])
+    >>> std = keras.Sequential([keras.Input((2,)), StandardDropout(0.5), keras.layers.Dense(1)])
+    >>> convert_weights(inv, std, "to_standard")
+    >>> std.layers[1].kernel.numpy().ravel().tolist()
+    [2.0, 2.0]
     """
     check_direction(direction)
     want_src, want_dst = (
@@ -521,12 +566,23 @@ def map_l2(l2: float, keep_prob: float, direction: Direction) -> float:
     to standard, ``l2 / p**2`` to inverted. The penalty's gradient
     ``2 l2' s W = (2 l2 W) / s`` then rescales like the data gradient.
     ``keep_prob`` is ``p``, not Keras's ``rate``.
+
+    Examples
+    --------
+    >>> map_l2(1e-4, 0.5, "to_standard")      # l2 * p**2
+    2.5e-05
     """
     return float(l2) / kernel_scale(keep_prob, direction) ** 2
 
 
 def map_l1(l1: float, keep_prob: float, direction: Direction) -> float:
-    """Map the factor of an L1 penalty ``l1 * sum|W|``: ``l1 / s`` (``l1 * p`` to standard)."""
+    """Map the factor of an L1 penalty ``l1 * sum|W|``: ``l1 / s`` (``l1 * p`` to standard).
+
+    Examples
+    --------
+    >>> map_l1(1e-4, 0.5, "to_standard")      # l1 * p
+    5e-05
+    """
     return float(l1) / kernel_scale(keep_prob, direction)
 
 
@@ -535,6 +591,11 @@ def map_max_norm(max_value: float, keep_prob: float, direction: Direction) -> fl
 
     ``||s w|| <= s c`` iff ``||w|| <= c``, and the projection
     ``w * min(1, c/||w||)`` commutes with the scale (:class:`EquivariantMaxNorm`).
+
+    Examples
+    --------
+    >>> map_max_norm(3.0, 0.5, "to_standard")  # c / p
+    6.0
     """
     if not (isinstance(max_value, (int, float)) and max_value > 0):
         raise ValueError(f"max_value must be a positive number; got {max_value!r}.")
@@ -558,6 +619,12 @@ def map_regularizer(regularizer: Any, keep_prob: float, direction: Direction) ->
     ------
     NoExactMapError
         For any other regularizer (no map derived).
+
+    Examples
+    --------
+    >>> import keras
+    >>> float(map_regularizer(keras.regularizers.L2(0.5), 0.5, "to_standard").l2)   # 0.5 * p**2
+    0.125
     """
     s = kernel_scale(keep_prob, direction)
     if regularizer is None:
@@ -606,6 +673,13 @@ class EquivariantMaxNorm(keras.constraints.Constraint):
     and satisfies ``EquivariantMaxNorm(s c)(s w) = s EquivariantMaxNorm(c)(w)``
     exactly, which the dropout map needs. A zero slice stays zero
     (``c / 0 = inf``, ``min(1, inf) = 1``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> w = np.array([[3.0], [4.0]])                         # one column of norm 5
+    >>> EquivariantMaxNorm(2.5)(w).numpy().ravel().tolist()   # projected onto norm 2.5
+    [1.5, 2.0]
     """
 
     def __init__(self, max_value: float = 2.0, axis: int | tuple[int, ...] = 0) -> None:
@@ -637,6 +711,11 @@ def map_constraint(constraint: Any, keep_prob: float, direction: Direction) -> A
         mapped constraint differs by a relative ``~1e-7 / ||w||`` per step;
         use :class:`EquivariantMaxNorm`. Also for ``UnitNorm``/``MinMaxNorm``
         (they fix the norm, or carry the same epsilon) and unknown constraints.
+
+    Examples
+    --------
+    >>> map_constraint(EquivariantMaxNorm(2.0), 0.5, "to_standard").max_value   # c / p
+    4.0
     """
     s = kernel_scale(keep_prob, direction)
     if constraint is None:
@@ -688,6 +767,13 @@ class ScaledInitializer(keras.initializers.Initializer):
     seeded twin draw-for-draw equal to ``s`` times the source: Keras passes
     some distribution parameters through float32 (``tf.cast`` of the uniform
     bounds), which would put a relative 1e-8 between the two draws.
+
+    Examples
+    --------
+    >>> import keras
+    >>> init = ScaledInitializer(keras.initializers.Constant(3.0), 2.0)
+    >>> init((2,)).numpy().tolist()
+    [6.0, 6.0]
     """
 
     def __init__(self, base: Any, factor: float) -> None:
@@ -713,6 +799,14 @@ def map_initializer(initializer: Any, keep_prob: float, direction: Direction) ->
     ``s = 1/p`` to standard, ``p`` to inverted; ``keep_prob`` is ``p``, not
     Keras's ``rate``. A seedless initializer draws new values on each call,
     so only a seeded one gives draw-for-draw twins.
+
+    Examples
+    --------
+    >>> import keras
+    >>> base = keras.initializers.RandomNormal(seed=1)
+    >>> mapped = map_initializer(base, 0.5, "to_standard")      # draws times 1/p
+    >>> bool((mapped((3,)).numpy() == 2 * keras.initializers.RandomNormal(seed=1)((3,)).numpy()).all())
+    True
     """
     s = kernel_scale(keep_prob, direction)
     return ScaledInitializer(keras.initializers.get(initializer), s)

@@ -83,6 +83,19 @@ class StandardDropout(keras.layers.Layer):
         ``True``: return ``m * inputs`` with ``m_i ~ Bernoulli(keep_prob)``.
         ``False`` (the default, and what ``predict``/``evaluate`` pass):
         return ``keep_prob * inputs``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> layer = StandardDropout(0.25, seed=3)      # Keras's rate 0.25: keep_prob p = 0.75
+    >>> x = np.ones((2, 4), dtype="float32")
+    >>> layer(x, training=False).numpy()           # p * x at inference
+    array([[0.75, 0.75, 0.75, 0.75],
+           [0.75, 0.75, 0.75, 0.75]], dtype=float32)
+    >>> import keras
+    >>> same = keras.layers.Dropout(0.25, seed=3)(x, training=True).numpy() != 0
+    >>> bool(np.array_equal(layer(x, training=True).numpy() != 0, same))   # the same mask
+    True
     """
 
     def __init__(

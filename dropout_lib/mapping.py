@@ -170,6 +170,13 @@ class ScaledLearningRateSchedule(keras.optimizers.schedules.LearningRateSchedule
     ``initial_learning_rate`` to a float32 tensor); multiplying in float64
     keeps ``factor * schedule(step)`` exact relative to what the source
     optimizer uses.
+
+    Examples
+    --------
+    >>> import keras
+    >>> decay = keras.optimizers.schedules.ExponentialDecay(0.5, decay_steps=1, decay_rate=0.5)
+    >>> float(ScaledLearningRateSchedule(decay, 4.0)(1))     # 4 * 0.5 * 0.5
+    1.0
     """
 
     def __init__(
@@ -265,6 +272,14 @@ def clone_optimizer(optimizer: keras.optimizers.Optimizer) -> keras.optimizers.O
     A built optimizer is tied to one model's variables; this gives the twin
     net its own copy (learning-rate schedules are shared: they are stateless).
     ``LossScaleOptimizer`` is cloned with a cloned inner optimizer.
+
+    Examples
+    --------
+    >>> import keras
+    >>> sgd = keras.optimizers.SGD(0.1, momentum=0.9)
+    >>> copy = clone_optimizer(sgd)
+    >>> copy is not sgd, copy.momentum
+    (True, 0.9)
     """
     if isinstance(optimizer, _O.MultiOptimizer):
         raise TypeError("clone_optimizer does not clone a MultiOptimizer; clone its parts.")
@@ -490,6 +505,17 @@ def map_optimizer(
     NoExactMapError
         For ``global_clipnorm``, Muon's Newton-Schulz branch and optimizer
         classes without a derived map.
+
+    Examples
+    --------
+    >>> import keras
+    >>> adam = map_optimizer(keras.optimizers.Adam(1e-3, epsilon=1e-7), 0.8, "to_inverted")
+    >>> round(float(adam.learning_rate), 7), adam.epsilon      # lr * p, epsilon / p
+    (0.0008, 1.25e-07)
+    >>> map_optimizer(keras.optimizers.SGD(0.1, global_clipnorm=1.0), 0.8, "to_inverted")
+    Traceback (most recent call last):
+    ...
+    dropout_lib.validation.NoExactMapError: global_clipnorm=1.0 clips every gradient by the global norm ...
     """
     s = kernel_scale(keep_prob, direction)
     variables = None if variables is None else list(variables)
@@ -673,6 +699,15 @@ def mapped_multi_optimizer(
     Keras 3.15.1 saves a model compiled with any ``MultiOptimizer`` but
     ``keras.saving.load_model`` fails to restore the optimizer state (also
     without this module): save weights, or load with ``compile=False``.
+
+    Examples
+    --------
+    >>> import keras
+    >>> from dropout_lib.layers import StandardDropout
+    >>> paper = keras.Sequential([keras.Input((3,)), StandardDropout(0.5), keras.layers.Dense(2)])
+    >>> opt = mapped_multi_optimizer(paper, keras.optimizers.SGD(0.1), "to_standard")
+    >>> type(opt).__name__
+    'MultiOptimizer'
     """
     check_direction(direction)
     if (keep_prob is None) != (consuming_layers is None):

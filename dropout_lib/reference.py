@@ -63,6 +63,11 @@ def check_mask(mask: ArrayLike, shape: tuple[int, ...]) -> NDArray[np.float64]:
     ValueError
         If the mask does not broadcast to ``shape`` or holds a value other
         than 0 or 1.
+
+    Examples
+    --------
+    >>> check_mask([[1, 0]], (3, 2))          # shared across the batch, like a noise_shape
+    array([[1., 0.]])
     """
     m = np.asarray(mask, dtype=np.float64)
     try:
@@ -104,6 +109,12 @@ def sample_mask(
     Returns
     -------
     ndarray of float64 holding 0.0 and 1.0.
+
+    Examples
+    --------
+    >>> sample_mask((2, 3), 0.5, rng=0)
+    array([[0., 1., 1.],
+           [1., 0., 0.]])
     """
     p = check_keep_prob(keep_prob)
     gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
@@ -198,6 +209,13 @@ def standard_dropout(
         is drawn with :func:`sample_mask` from ``rng``.
     rng
         Generator or integer seed used only when ``mask`` is omitted.
+
+    Examples
+    --------
+    >>> standard_dropout([2.0, 4.0], 0.5, training=True, mask=[1, 0])
+    array([2., 0.])
+    >>> standard_dropout([2.0, 4.0], 0.5, training=False)
+    array([1., 2.])
     """
     return _apply("standard", x, keep_prob, training, mask, rng)
 
@@ -213,6 +231,13 @@ def inverted_dropout(
     """Inverted dropout: ``m * x / keep_prob`` in training, ``x`` at inference.
 
     Same parameters as :func:`standard_dropout`.
+
+    Examples
+    --------
+    >>> inverted_dropout([2.0, 4.0], 0.5, training=True, mask=[1, 0])
+    array([4., 0.])
+    >>> inverted_dropout([2.0, 4.0], 0.5, training=False)
+    array([2., 4.])
     """
     return _apply("inverted", x, keep_prob, training, mask, rng)
 
@@ -226,7 +251,13 @@ def dropout(
     mask: ArrayLike | None = None,
     rng: np.random.Generator | int | None = None,
 ) -> NDArray[np.floating]:
-    """Dispatch to :func:`standard_dropout` or :func:`inverted_dropout` by name."""
+    """Dispatch to :func:`standard_dropout` or :func:`inverted_dropout` by name.
+
+    Examples
+    --------
+    >>> dropout("standard", [2.0, 4.0], 0.5, training=False)
+    array([1., 2.])
+    """
     return _apply(check_variant(variant), x, keep_prob, training, mask, rng)
 
 

@@ -161,6 +161,13 @@ def dropout_layers(model: keras.Model) -> list[keras.layers.Layer]:
 
     Counts ``keras.layers.Dropout`` and its subclasses (the spatial ones) and
     :class:`~dropout_lib.layers.StandardDropout`, also inside nested models.
+
+    Examples
+    --------
+    >>> import keras
+    >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dropout(0.5, name="d"), keras.layers.Dense(2)])
+    >>> [layer.name for layer in dropout_layers(model)]
+    ['d']
     """
     return [layer for layer in model._flatten_layers(include_self=False) if _is_dropout(layer)]
 
@@ -173,6 +180,12 @@ def spatial_noise_shape(layer: keras.layers.Layer) -> tuple[int | None, ...]:
     ``(None, 1, None)``, ``(None, 1, 1, None)``, ``(None, 1, 1, 1, None)``;
     channels_first (2D, 3D): ``(None, None, 1, 1)``, ``(None, None, 1, 1, 1)``.
     ``None`` takes the input's size at call time.
+
+    Examples
+    --------
+    >>> import keras
+    >>> spatial_noise_shape(keras.layers.SpatialDropout2D(0.5))
+    (None, 1, 1, None)
     """
     if not isinstance(layer, _SPATIAL):
         raise TypeError(
@@ -216,6 +229,16 @@ def share_masks(source: keras.Model, target: keras.Model) -> None:
         If the two models have different numbers of dropout layers, or a pair
         differs in ``rate`` (Keras's drop probability ``1 - p``) or in whether
         it has a generator.
+
+    Examples
+    --------
+    >>> import keras, numpy as np
+    >>> a = keras.Sequential([keras.Input((8,)), keras.layers.Dropout(0.5, seed=1)])
+    >>> b = keras.Sequential([keras.Input((8,)), keras.layers.Dropout(0.5, seed=2)])
+    >>> share_masks(a, b)
+    >>> x = np.ones((1, 8), dtype="float32")
+    >>> bool(np.array_equal(a(x, training=True), b(x, training=True)))
+    True
     """
     src, dst = dropout_layers(source), dropout_layers(target)
     if len(src) != len(dst):
@@ -620,6 +643,13 @@ def scale_consumer_biases(model: keras.Model, direction: str) -> int:
     -------
     int
         The number of biases rescaled (consumers without a bias are skipped).
+
+    Examples
+    --------
+    >>> import keras
+    >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dropout(0.5), keras.layers.Dense(2)])
+    >>> scale_consumer_biases(model, "to_standard")
+    1
     """
     n = 0
     for consumer in dropout_consumers(model):
@@ -639,6 +669,13 @@ def drawn_masks(layer: keras.layers.Layer, x: ArrayLike, calls: int = 3) -> list
     mask is read off the output as ``y != 0`` (1 = kept), broadcast to
     ``x``'s shape, which needs every entry of ``x`` nonzero. Works for both
     variants and any noise shape.
+
+    Examples
+    --------
+    >>> import keras, numpy as np
+    >>> masks = drawn_masks(keras.layers.Dropout(0.5, seed=1), np.ones((1, 6), dtype="float32"), calls=2)
+    >>> len(masks), masks[0].shape, set(np.unique(masks[0])) <= {0.0, 1.0}
+    (2, (1, 6), True)
     """
     x = np.asarray(x)
     if not np.all(x != 0):
@@ -670,6 +707,11 @@ def rounding_tolerance(n_consumers: int, dtype: Any) -> float:
     is ``ULPS_PER_LAYER * K * eps`` with ``eps = numpy.finfo(dtype).eps``
     (``2**-52`` for float64, ``2**-23`` for float32). A wrong map (a missing
     ``p``, a scaled bias) is off by ``O(1 - p)``, about ``1e-2`` or more.
+
+    Examples
+    --------
+    >>> rounding_tolerance(2, "float64") == 8 * 2.0**-52
+    True
     """
     integer = isinstance(n_consumers, (int, np.integer)) and not isinstance(n_consumers, bool)
     if not integer or n_consumers < 1:
@@ -694,6 +736,11 @@ class TwinComparison:
         The same for ``model.predict(x)`` (``training=False``).
     bitwise
         Whether every output pair was identical bit for bit.
+
+    Examples
+    --------
+    >>> TwinComparison(training=(1e-16, 3e-16), inference=2e-16, bitwise=False).worst
+    3e-16
     """
 
     training: tuple[float, ...]
@@ -779,6 +826,15 @@ def compare_twins(
     ``training=False``), or the eager ``model(x, training=False)`` with
     ``predict=False`` (no graph to trace: faster for many small models).
     Returns the relative differences (``model_b`` is the reference).
+
+    Examples
+    --------
+    >>> import keras, numpy as np
+    >>> inverted = keras.Sequential([keras.Input((3,)), keras.layers.Dropout(0.5, seed=1),
+    ...                              keras.layers.Dense(2)])
+    >>> result = compare_twins(inverted, mapped_twin(inverted, "standard"), np.ones((4, 3)), predict=False)
+    >>> result.worst <= rounding_tolerance(1, "float32")
+    True
     """
     integer = isinstance(training_calls, int) and not isinstance(training_calls, bool)
     if not integer or training_calls < 0:
@@ -821,6 +877,16 @@ def compare_mlp_twins(
 
     ``scale_biases=True`` is the negative control: the biases get the
     kernels' factor too, ``b_k -> b_k / p_k`` where ``p_k < 1``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from dropout_lib.exact import mlp
+    >>> params = mlp.init_params((3, 4, 2), rng=0)
+    >>> masks = mlp.sample_masks((3, 4, 2), (0.8, 0.5), batch=5, rng=1)
+    >>> result = compare_mlp_twins(params, np.ones((5, 3)), keep_probs=(0.8, 0.5), masks=masks)
+    >>> result.worst <= rounding_tolerance(2, "float64")
+    True
     """
     params_std = mlp.to_standard_params(params_inv, keep_probs)
     if scale_biases:

@@ -57,6 +57,11 @@ class NoExactMapError(ValueError):
 
     Raised instead of returning an approximation; the message says why and
     what to do instead.
+
+    Examples
+    --------
+    >>> issubclass(NoExactMapError, ValueError)
+    True
     """
 
 
@@ -64,6 +69,11 @@ class NotConvertibleError(ValueError):
     """A model (or one of its layers) has no exact conversion to the other variant.
 
     The message names the layer and the reason.
+
+    Examples
+    --------
+    >>> issubclass(NotConvertibleError, ValueError)
+    True
     """
 
 
