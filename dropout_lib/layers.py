@@ -21,7 +21,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import keras
-import numpy as np
 from keras import ops
 
 from dropout_lib.validation import check_rate

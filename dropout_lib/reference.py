@@ -18,8 +18,6 @@ PyTorch and Flax implement.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 

@@ -73,8 +73,8 @@ from numpy.typing import ArrayLike, NDArray
 
 from dropout_lib.conversion import (
     Consumer,
-    converted_weights,
     convert_weights,
+    converted_weights,
     dropout_consumers,
     kernel_scale,
     map_constraint,

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import math
 
-import dropout_lib  # noqa: F401  (silences TensorFlow before it is imported)
-
 import keras
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import dropout_lib  # noqa: F401  (silences TensorFlow before it is imported)
 from dropout_lib.book import keras_probe as kp
 
 FAST = settings(max_examples=8, deadline=None)

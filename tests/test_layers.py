@@ -10,14 +10,13 @@ from __future__ import annotations
 import json
 import math
 
-import dropout_lib  # noqa: F401  (silences TensorFlow before it is imported)
-
 import keras
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import dropout_lib  # noqa: F401  (silences TensorFlow before it is imported)
 from dropout_lib.book import keras_probe as kp
 from dropout_lib.layers import StandardDropout
 

@@ -9,12 +9,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dropout_lib.theory import limits
 from dropout_lib.exact import mlp
 from dropout_lib.exact.compare import trajectory_gaps
 from dropout_lib.exact.optimizers import SGD, Adam, RMSprop
-from dropout_lib.reference import sample_mask
 from dropout_lib.exact.training import train
+from dropout_lib.reference import sample_mask
+from dropout_lib.theory import limits
 
 # An exact map leaves float64 rounding, observed ~1e-15; a missing map leaves O(1e-2) or more.
 MAP_TOL = 1e-12

@@ -14,8 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from dropout_lib.theory import moments as M
 from dropout_lib import reference as R
+from dropout_lib.theory import moments as M
 
 # Hypothesis: enough examples to find edge cases, few enough to stay fast; no
 # per-example deadline, since the 2-core test machine is shared.

@@ -17,7 +17,13 @@ from hypothesis import strategies as st
 
 from dropout_lib.exact import mlp
 from dropout_lib.exact.optimizers import (
-    SGD, Adagrad, Adam, RMSprop, clip_by_global_norm, clip_by_norm, max_norm,
+    SGD,
+    Adagrad,
+    Adam,
+    RMSprop,
+    clip_by_global_norm,
+    clip_by_norm,
+    max_norm,
 )
 from dropout_lib.exact.training import train
 

@@ -16,9 +16,9 @@ import pytest  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from dropout_lib.exact import mlp
 from dropout_lib import twins  # noqa: E402
 from dropout_lib.conversion import NotConvertibleError, dropout_consumers  # noqa: E402
+from dropout_lib.exact import mlp
 from dropout_lib.layers import StandardDropout  # noqa: E402
 
 L = keras.layers

@@ -14,9 +14,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dropout_lib.reference import dropout
 from dropout_lib.theory import moments
 from dropout_lib.theory import variance_shift as vs
-from dropout_lib.reference import dropout
 
 keep_probs = st.floats(0.05, 1.0)
 seeds = st.integers(0, 2**32 - 1)

@@ -42,10 +42,10 @@ import numpy as np
 from numpy.typing import NDArray
 
 from dropout_lib.exact.optimizers import (
-    _lookup,
     HyperParam,
     Optimizer,
     Params,
+    _lookup,
     clip_by_global_norm,
     clip_by_norm,
 )

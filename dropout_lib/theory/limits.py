@@ -45,8 +45,9 @@ from numpy.typing import ArrayLike, NDArray
 from scipy.optimize import least_squares, minimize_scalar
 
 from dropout_lib.exact import mlp
-from dropout_lib.theory.ensemble import mask_blocks, mask_probabilities
+from dropout_lib.exact.clipping import Clipped, _check_threshold
 from dropout_lib.exact.optimizers import SGD, STATE_POWERS, Adam, Optimizer
+from dropout_lib.exact.training import TrainResult, run
 from dropout_lib.reference import (
     Variant,
     apply_dropout,
@@ -55,8 +56,7 @@ from dropout_lib.reference import (
     check_variant,
     relative_difference,
 )
-from dropout_lib.exact.clipping import Clipped, _check_threshold
-from dropout_lib.exact.training import TrainResult, run
+from dropout_lib.theory.ensemble import mask_blocks, mask_probabilities
 
 Params = dict[str, NDArray[np.float64]]
 Activation = str

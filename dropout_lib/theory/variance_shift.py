@@ -50,8 +50,8 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from dropout_lib.reference import check_keep_prob, check_variant, dropout
-from dropout_lib.validation import check_keep_probs
 from dropout_lib.theory.stats import sample_variance, variance_of_sample_variance
+from dropout_lib.validation import check_keep_probs
 
 __all__ = [
     "dropout_moments",
