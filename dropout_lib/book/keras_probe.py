@@ -27,12 +27,11 @@ With ``training=False`` the layer returns its input unchanged.
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import math
 import sys
 import textwrap
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +40,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 from numpy.typing import ArrayLike, DTypeLike, NDArray
+
+from dropout_lib.twins import quiet_tensorflow
 
 __all__ = [
     "SourceExcerpt",
@@ -559,21 +560,9 @@ def _distinct(values: Sequence[Any]) -> tuple[Any, ...]:
     return tuple(out)
 
 
-@contextlib.contextmanager
-def _quiet_tf_logger() -> Iterator[None]:
-    """Raise TensorFlow's Python logger to ERROR for the duration of the block.
-
-    Probing several small models in a row makes TensorFlow log a warning
-    about ``tf.function`` retracing (a performance hint, with memory
-    addresses in it); it says nothing about what the layers compute.
-    """
-    logger = tf.get_logger()
-    level = logger.level
-    logger.setLevel("ERROR")
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
+# Probing several small models in a row makes TensorFlow log a warning about
+# tf.function retracing (a performance hint): the package's one silencer.
+_quiet_tf_logger = quiet_tensorflow
 
 
 def flags_passed_by(
