@@ -86,6 +86,9 @@ def keep_prob_from_torch_p(p: float) -> float:
     """The keep probability of ``torch.nn.Dropout(p)``: ``1 - p``.
 
     PyTorch's ``p`` is the probability of dropping a unit (Keras's ``rate``).
+
+    >>> keep_prob_from_torch_p(0.2)
+    0.8
     """
     if not (isinstance(p, (int, float)) and 0.0 <= p < 1.0):
         raise ValueError(f"torch.nn.Dropout's p (drop probability) must be in [0, 1); got {p!r}.")
@@ -147,6 +150,14 @@ def map_param_group(
     NoExactMapError
         For an optimizer or hyperparameter without a derived map, and for a
         ``torch.Tensor`` learning rate.
+
+    Examples
+    --------
+    From ``nn.Dropout(0.5)`` (keep probability 0.5) to the paper's dropout:
+    PyTorch's RMSprop has epsilon outside the root, so it maps by ``p``:
+
+    >>> map_param_group("RMSprop", {"lr": 1e-3, "eps": 1e-8}, 0.5, "to_standard")
+    {'lr': 0.002, 'eps': 5e-09, 'weight_decay': 0.0}
     """
     if optimizer not in DEFAULTS:
         raise NoExactMapError(

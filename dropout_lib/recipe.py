@@ -280,6 +280,9 @@ def paper_dropout(rate: float, seed: int | None = None) -> list[Any]:
     The scale is passed as ``numpy.float64``: ``Rescaling`` casts a Python
     float through float32 (in a float64 model ``Rescaling(0.8)`` multiplies
     by ``0.800000011920929``), a ``numpy.float64`` keeps its value.
+
+    >>> [type(layer).__name__ for layer in paper_dropout(0.2, seed=1)]
+    ['Dropout', 'Rescaling']
     """
     import keras
     import numpy as np
