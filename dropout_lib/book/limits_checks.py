@@ -274,7 +274,11 @@ def practice_checks(
       pre-activation against the test-time one: ``inv_mean`` (inverted, old
       test time), ``std_old`` (standard, old test time ``p h W + b``),
       ``std_new`` (standard, test time at ``p'``), ``std_rescaled`` (standard
-      with ``W_1`` times ``p / p'``, against its old test-time output).
+      with ``W_1`` times ``p / p'``: the larger of its mean against the old
+      net's old test-time output and its own test-time output at ``p'``
+      against that same output), ``std_rescaled_old`` (the rescaled net's mean
+      against its test-time output at the old ``p``: the scale must become
+      ``p'`` in this case too).
     """
     kp = tuple(keep_probs)
     p, q = kp[0], float(new_keep_prob)
@@ -304,7 +308,9 @@ def practice_checks(
         "inv_mean": mismatch(mean_z1(final_inverted, "inverted"), z1(final_inverted, "inverted", p)),
         "std_old": mismatch(mean_z1(final_std, "standard"), z1(final_std, "standard", p)),
         "std_new": mismatch(mean_z1(final_std, "standard"), z1(final_std, "standard", q)),
-        "std_rescaled": mismatch(mean_z1(rescaled, "standard"), z1(final_std, "standard", p)),
+        "std_rescaled": max(mismatch(mean_z1(rescaled, "standard"), z1(final_std, "standard", p)),
+                            mismatch(z1(rescaled, "standard", q), z1(final_std, "standard", p))),
+        "std_rescaled_old": mismatch(mean_z1(rescaled, "standard"), z1(rescaled, "standard", p)),
     }
 
 
