@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dropout_lib.theory import ensemble as E
 from dropout_lib.book import ensemble_checks as C
+from dropout_lib.theory import ensemble as E
 
 seeds = st.integers(0, 2**32 - 1)
 keep_probs = st.sampled_from([1.0, 0.9, 0.8, 0.5, 0.3])
@@ -254,3 +254,27 @@ def test_deep_ensembles_share_weights_and_measure_gaps() -> None:
     res = E.enumerate_ensemble(row.net, x, chunk=4)
     assert row.am_gap == float(np.abs(res.arithmetic_mean - res.weight_scaled).max())
     assert row.am_gap > row.bound
+
+
+# --------------------------------------------------------------------------- #
+# Bounds glued into prose: a floor for "at least", a ceiling for "within"
+# --------------------------------------------------------------------------- #
+
+
+@given(st.floats(-1e3, 1e3, allow_nan=False), st.integers(0, 3))
+@settings(max_examples=200, deadline=None)
+def test_stable_floor_and_ceil_are_bounds(value, decimals):
+    try:
+        low = C.stable_floor(value, decimals, 1e-9)
+        high = C.stable_ceil(value, decimals, 1e-9)
+    except ValueError:  # near a multiple of 10**-decimals: refused, never wrong
+        return
+    assert low <= value <= high
+    assert high - low <= 10.0**-decimals * (1 + 1e-9)
+
+
+def test_stable_floor_refuses_a_boundary():
+    with pytest.raises(ValueError):
+        C.stable_floor(27.0, 0, 1e-9)
+    assert C.stable_floor(26.6, 0, 1e-9) == 26.0
+    assert C.stable_ceil(26.6, 0, 1e-9) == 27.0
