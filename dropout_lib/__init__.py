@@ -11,18 +11,27 @@ Public API
 ----------
 ``import dropout_lib as dl`` gives:
 
+convert_model
+    One call ports a Keras model and its optimizer to the other dropout
+    variant: ``dl.convert_model(model, to="inverted", optimizer=opt)`` returns
+    ``.model`` (same function, consuming kernels rescaled, their regularisers,
+    constraints and initialisers mapped) and ``.optimizer`` (a per-variable
+    optimizer that reproduces ``model``'s training), or raises
+    ``NotConvertibleError`` naming the layer and the reason.
 StandardDropout
     The paper's dropout as a Keras layer (``m * x`` in training, ``(1 - rate) * x``
     at inference), a mask-for-mask twin of ``keras.layers.Dropout(rate)``.
 to_standard, to_inverted
-    The optimizer for the kernels that consume dropped units, mapped between
-    the two variants (learning rate, epsilon, weight decay, clipping).
+    The optimizer for the kernels that consume dropped units ONLY, mapped
+    between the two variants (learning rate, epsilon, weight decay, clipping);
+    compiling a whole model with it is wrong: use ``convert_model``.
 NoExactMapError, NotConvertibleError
     Raised instead of returning an approximation.
 
 The public modules are :mod:`dropout_lib.layers`, :mod:`dropout_lib.mapping`,
-:mod:`dropout_lib.conversion`, :mod:`dropout_lib.twins` and
-:mod:`dropout_lib.reference` (numpy reference dropouts). Everything else is
+:mod:`dropout_lib.conversion`, :mod:`dropout_lib.twins`,
+:mod:`dropout_lib.reference` (numpy reference dropouts) and
+:mod:`dropout_lib.validation` (argument checks and the two errors). Everything else is
 the book's: :mod:`dropout_lib.exact` (the float64 numpy harness behind the
 proofs), :mod:`dropout_lib.theory` (moments, ensembles, limits, statistics)
 and :mod:`dropout_lib.book` (the chapters' machinery).
