@@ -190,3 +190,51 @@ def test_paired_comparison():
         E.paired_comparison(base, treat[:3])
     with pytest.raises(ValueError, match="finite"):
         E.paired_comparison(base, np.array([np.nan, 0, 0, 0]))
+
+
+def test_paired_tests_match_scipy():
+    import scipy.stats
+
+    base = np.array([0.20, 0.25, 0.18, 0.22, 0.30])
+    treat = np.array([0.15, 0.20, 0.19, 0.12, 0.10])
+    one = E.paired_comparison(base, treat)
+    two = E.paired_comparison(base, treat, "two-sided")
+    d = base - treat
+    # the paired t-test is the one-sample t-test of the differences; its interval mean -/+ t* se
+    assert math.isclose(one.t_p, scipy.stats.ttest_1samp(d, 0, alternative="greater").pvalue)
+    assert math.isclose(two.t_p, 2 * one.t_p)
+    half = scipy.stats.t.ppf(0.975, len(d) - 1) * one.standard_error
+    np.testing.assert_allclose(one.ci95, (one.mean - half, one.mean + half), rtol=1e-12)
+    # 4 of 5 positive: one-sided P(X >= 4) = 6/32; two-sided doubles it
+    assert one.sign_p == 6 / 32 and math.isclose(two.sign_p, 12 / 32)
+    with pytest.raises(ValueError, match="alternative"):
+        E.paired_comparison(base, treat, "less")
+
+
+def test_sign_test_threshold():
+    assert E.sign_test_threshold(12, 0.025) == 10   # P(X >= 10) = 79/4096 < 0.025 < 299/4096
+    assert E.sign_test_p(10, 12) <= 0.025 < E.sign_test_p(9, 12)
+    assert E.sign_test_threshold(5, 0.025) == 6      # 2**-5 > 0.025: no outcome rejects
+    with pytest.raises(ValueError, match="level"):
+        E.sign_test_threshold(5, 1.5)
+
+
+def test_chapter_summaries(experiment):
+    gaps = E.same_model_gaps(experiment)
+    assert set(gaps) == {"weight", "logit", "curve"} and max(gaps.values()) < MAP_TOL
+    assert 0 < E.top2_margin(experiment) <= 1
+    numbers = E.setting_numbers(SMALL, [3, 5])
+    assert numbers["n_params"] == 64 * 16 + 16 + 16 * 16 + 16 + 16 * 10 + 10
+    assert (numbers["p_in"], numbers["rate_in"], numbers["n_seeds"]) == (0.8, 0.2, 2)
+
+
+def test_pilot_reruns_and_chooses():
+    """A tiny pilot: two learning rates, one pilot seed; the rule picks the lower held-out loss."""
+    p = E.pilot(SMALL, [2.0**-9, 2.0**-6], seeds=(1000,))
+    assert p.test_loss.shape == (2, 4, len(p.steps)) and p.seeds == (1000,)
+    assert p.chosen == p.learning_rates[int(np.argmin(p.final("inverted")))]
+    # the pilot is run_experiment at each rate: the same numbers
+    alone = E.run_experiment(E.Config(**{**SMALL.__dict__, "learning_rate": 2.0**-6}), [1000])
+    np.testing.assert_array_equal(p.test_loss[1], alone.curve("test_loss")[0])
+    with pytest.raises(ValueError, match="learning_rates"):
+        E.pilot(SMALL, [])

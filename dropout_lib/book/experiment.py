@@ -46,25 +46,30 @@ images every ``eval_every`` steps.
 
 :func:`paired_comparison` compares two ways seed by seed (the seeds are
 independent replicates; within a seed the ways share data, initial weights
-and masks), with the mean difference, its standard error and an exact sign
-test.
+and masks), with the mean difference, its standard error, the exact sign
+test and the paired t-test with its 95% confidence interval.
+
+:func:`pilot` reruns the pilot that chose the chapter's learning rate (on
+seeds :data:`PILOT_SEEDS`, which the chapter does not use), and
+:func:`setting_numbers`, :func:`same_model_gaps`, :func:`top2_margin` and
+:func:`plot_curves` are what the chapter reads and draws.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import keras
 import numpy as np
+import scipy.stats
 import tensorflow as tf
 from numpy.typing import ArrayLike, NDArray
 
 from dropout_lib import twins
 from dropout_lib.conversion import converted_weights, dropout_consumers
-from dropout_lib.book.datasets import N_CLASSES, N_PIXELS, DigitsSplit, digits_split
+from dropout_lib.book.datasets import N_CLASSES, N_IMAGES, N_PIXELS, DigitsSplit, digits_split
 from dropout_lib.layers import StandardDropout
 from dropout_lib.mapping import clone_optimizer, mapped_multi_optimizer
 
@@ -85,6 +90,14 @@ __all__ = [
     "run_experiment",
     "sign_test_p",
     "paired_comparison",
+    "sign_test_threshold",
+    "setting_numbers",
+    "same_model_gaps",
+    "top2_margin",
+    "plot_curves",
+    "PILOT_SEEDS",
+    "Pilot",
+    "pilot",
 ]
 
 #: The four ways, in the book's order.
@@ -168,22 +181,8 @@ class Config:
         return (N_PIXELS, *self.widths, N_CLASSES)
 
 
-@contextlib.contextmanager
-def keras_float64() -> Iterator[None]:
-    """Build layers AND optimizer variables in float64 for the duration.
-
-    Sets both ``keras.config.floatx`` (the optimizer's learning rate lives in
-    a variable of that type) and the global dtype policy (``set_floatx`` alone
-    does not reach layers once the policy is cached); restores both after.
-    """
-    old_floatx, old_policy = keras.config.floatx(), keras.config.dtype_policy()
-    keras.config.set_floatx("float64")
-    keras.config.set_dtype_policy("float64")
-    try:
-        yield
-    finally:
-        keras.config.set_floatx(old_floatx)
-        keras.config.set_dtype_policy(old_policy)
+# The package's one float64 context (floatx and the global dtype policy).
+keras_float64 = twins.keras_float64
 
 
 def digits_mlp(config: Config, seed: int) -> keras.Sequential:
@@ -560,7 +559,15 @@ class PairedComparison:
         Positive differences, and differences that are not exactly 0.
     sign_p
         :func:`sign_test_p` ``(n_positive, n_nonzero)``: the exact one-sided
-        p-value of "the treatment is lower" against a median difference of 0.
+        p-value of "the treatment is lower" against a median difference of 0
+        (two-sided with ``alternative="two-sided"``).
+    t_p
+        p-value of the paired t-test of the same alternative
+        (``scipy.stats.ttest_rel(baseline, treatment, alternative=...)``):
+        exact if the differences are normal, unlike the sign test.
+    ci95
+        Two-sided 95% confidence interval ``mean -/+ t_{0.975, n-1} * standard_error``
+        for the mean difference (the paired t-test's, same assumption).
     """
 
     differences: NDArray[np.float64]
@@ -570,16 +577,24 @@ class PairedComparison:
     n_positive: int
     n_nonzero: int
     sign_p: float
+    t_p: float
+    ci95: tuple[float, float]
 
 
-def paired_comparison(baseline: ArrayLike, treatment: ArrayLike) -> PairedComparison:
+def paired_comparison(baseline: ArrayLike, treatment: ArrayLike,
+                      alternative: str = "greater") -> PairedComparison:
     """Compare two ways seed by seed: ``d_s = baseline_s - treatment_s``.
+
+    ``alternative="greater"`` (the default) tests "the treatment is lower"
+    (one-sided p-values); ``"two-sided"`` tests "they differ", with the
+    sign test's p-value from ``scipy.stats.binomtest``.
 
     The seeds are independent replicates (each draws its own training set,
     initial weights and masks), and within a seed both ways share them, so
     the differences are independent draws of the paired effect. Reports
-    their mean with its standard error and the exact sign test, which
-    assumes nothing about their distribution.
+    their mean with its standard error, the exact sign test, which assumes
+    nothing about their distribution, and the paired t-test with its 95%
+    confidence interval, which assumes the differences are normal.
     """
     a = np.asarray(baseline, dtype=np.float64)
     b = np.asarray(treatment, dtype=np.float64)
@@ -590,9 +605,180 @@ def paired_comparison(baseline: ArrayLike, treatment: ArrayLike) -> PairedCompar
         )
     if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
         raise ValueError("baseline and treatment must be finite.")
+    if alternative not in ("greater", "two-sided"):
+        raise ValueError(f"alternative must be 'greater' or 'two-sided'; got {alternative!r}.")
     d = a - b
     mean = float(d.mean())
     se = float(d.std(ddof=1) / math.sqrt(len(d)))
     t = mean / se if se > 0 else math.copysign(math.inf, mean) if mean else 0.0
     n_pos, n_nonzero = int(np.sum(d > 0)), int(np.sum(d != 0))
-    return PairedComparison(d, mean, se, t, n_pos, n_nonzero, sign_test_p(n_pos, n_nonzero))
+    if se > 0:
+        t_p = float(scipy.stats.ttest_rel(a, b, alternative=alternative).pvalue)
+        ci = scipy.stats.ttest_rel(a, b).confidence_interval(0.95)
+        ci95 = (float(ci.low), float(ci.high))
+    else:   # every difference equal: the t statistic is 0 or infinite
+        t_p = (0.5 if mean == 0 else float(mean < 0)) if alternative == "greater" else float(mean == 0)
+        ci95 = (mean, mean)
+    if alternative == "greater":
+        sign_p = sign_test_p(n_pos, n_nonzero)
+    else:
+        sign_p = float(scipy.stats.binomtest(n_pos, n_nonzero).pvalue) if n_nonzero else 1.0
+    return PairedComparison(d, mean, se, t, n_pos, n_nonzero, sign_p, t_p, ci95)
+
+
+# ------------------------------------------------------- what the chapter reads
+
+
+def setting_numbers(config: Config, seeds: Sequence[int]) -> dict[str, object]:
+    """The setting's numbers as the chapter glues them (all exact: typed or counted).
+
+    ``p_*`` are the paper's keep probabilities, ``rate_*`` Keras's drop
+    probabilities ``1 - p``, of the input and of the (first) hidden dropout.
+    """
+    sizes = config.sizes
+    return {
+        "n_images": N_IMAGES, "n_train": config.n_train, "n_test": N_IMAGES - config.n_train,
+        "n_params": sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:])),  # kernels, biases
+        "net_shape": "-".join(map(str, sizes)),
+        "p_in": config.keep_probs[0], "rate_in": config.rates[0],
+        "p_hidden": config.keep_probs[1], "rate_hidden": config.rates[1],
+        "lr": config.learning_rate, "eps": config.epsilon, "epochs": config.epochs,
+        "eval_every": config.eval_every, "n_seeds": len(seeds),
+        "seed_first": min(seeds), "seed_last": max(seeds),
+    }
+
+
+def same_model_gaps(experiment: Experiment) -> dict[str, float]:
+    """How far the mapped net is from Keras's, at worst over the seeds.
+
+    ``weight``: largest relative gap of a final weight tensor mapped back
+    (``p W`` on the consuming kernels); ``logit``: relative gap of the final
+    held-out logits; ``curve``: largest relative gap of any recorded point of
+    the held-out and training loss curves. All are 0 in exact arithmetic
+    (the chapter's corollary "Same model from model.fit").
+    """
+    inv, mapped = WAYS.index("inverted"), WAYS.index("mapped")
+    curves = [experiment.curve(k) for k in ("test_loss", "train_loss")]
+    return {
+        "weight": float(experiment.gap("weight_gap", "mapped").max()),
+        "logit": float(experiment.gap("logit_gap", "mapped").max()),
+        "curve": float(max(np.max(np.abs(c[:, mapped] - c[:, inv]) / c[:, inv]) for c in curves)),
+    }
+
+
+def top2_margin(experiment: Experiment) -> float:
+    """Smallest gap between a held-out image's two largest final logits, relative to its largest.
+
+    Over every image, way and seed. If it exceeds the relative difference
+    between two correct runs on different machines, every predicted class,
+    and so every accuracy, is the same on every machine.
+    """
+    z = np.sort(np.array([[r.runs[w].test_logits for w in WAYS] for r in experiment.results]))
+    return float(np.min((z[..., -1] - z[..., -2]) / np.abs(z).max(axis=-1)))
+
+
+#: How the chapter's figure draws each way.
+_STYLES = {"inverted": ("inverted (Keras)", "inverted", "-"),
+           "mapped": ("mapped (paper's)", "mapped", "--"),
+           "same": ("same hyperparameters (paper's)", "standard", "-"),
+           "none": ("no dropout", "control", "-")}
+
+
+def plot_curves(experiment: Experiment, ylim: tuple[float, float] = (0.0, 0.6)):
+    """Mean held-out and training loss curves, each way, with a band of one standard deviation.
+
+    Returns the figure (left: held-out cross-entropy on a linear axis
+    limited to ``ylim``; right: training cross-entropy, log scale).
+    """
+    from dropout_lib.book.plotting import COLORS, figure
+
+    fig, axes = figure(ncols=2, width=7.2, height=3.0)
+    for ax, key in zip(axes, ("test_loss", "train_loss")):
+        c = experiment.curve(key)
+        for i, (way, (label, color, style)) in enumerate(_STYLES.items()):
+            mean, sd = c[:, i].mean(axis=0), c[:, i].std(axis=0, ddof=1)
+            ax.plot(experiment.steps, mean, color=COLORS[color], linestyle=style, label=label)
+            if way != "mapped":   # the mapped band is the inverted band
+                ax.fill_between(experiment.steps, mean - sd, mean + sd, color=COLORS[color],
+                                alpha=0.15, lw=0)
+        ax.set_xlabel("step (full batch: one epoch)")
+    axes[0].set(ylabel="held-out cross-entropy", ylim=ylim)
+    axes[1].set(ylabel="training cross-entropy", yscale="log")
+    axes[0].legend(fontsize=8)
+    return fig
+
+
+# -------------------------------------------------------------------- pilot
+
+#: The seeds of the pilot runs; the chapter's seeds are distinct from them.
+PILOT_SEEDS: tuple[int, ...] = (1000, 1001, 1002)
+
+
+@dataclass(frozen=True)
+class Pilot:
+    """Pilot runs of one setting at several learning rates (means over the pilot seeds).
+
+    Attributes
+    ----------
+    config
+        The setting; its ``learning_rate`` is replaced by each of ``learning_rates``.
+    learning_rates, seeds
+        What was run.
+    steps
+        Recorded steps.
+    test_loss, train_loss
+        Mean over the seeds, shape ``(learning rates, 4 ways, points)``, ways
+        in :data:`WAYS` order.
+    """
+
+    config: Config
+    learning_rates: tuple[float, ...]
+    seeds: tuple[int, ...]
+    steps: NDArray[np.int64]
+    test_loss: NDArray[np.float64]
+    train_loss: NDArray[np.float64]
+
+    def final(self, way: str = "inverted") -> NDArray[np.float64]:
+        """Mean held-out loss of ``way`` after the last step, one per learning rate."""
+        return self.test_loss[:, WAYS.index(way), -1]
+
+    @property
+    def chosen(self) -> float:
+        """The rule: the learning rate at which Keras's dropout net ends with the lowest mean held-out loss.
+
+        Chosen on the pilot seeds only. It favours the dropout net, not the
+        net without dropout, which the chapter compares at the same learning
+        rate (and, descriptively, at the best point of its whole curve).
+        """
+        return self.learning_rates[int(np.argmin(self.final("inverted")))]
+
+
+def pilot(config: Config, learning_rates: Sequence[float],
+          seeds: Sequence[int] = PILOT_SEEDS) -> Pilot:
+    """Rerun the pilot that chose the chapter's learning rate: ``config`` at each rate, on ``seeds``.
+
+    The step count is set by the chapter's time budget (``config.epochs``);
+    :attr:`Pilot.chosen` applies the rule. Each learning rate trains the four
+    ways of :func:`run_experiment`. Costs about ``len(learning_rates) *
+    len(seeds)`` times one seed of the chapter.
+    """
+    rates = tuple(float(lr) for lr in learning_rates)
+    if not rates:
+        raise ValueError("learning_rates must name at least one learning rate.")
+    runs = [run_experiment(Config(**{**config.__dict__, "learning_rate": lr}), seeds)
+            for lr in rates]
+    return Pilot(config, rates, tuple(int(s) for s in seeds), runs[0].steps,
+                 np.array([r.curve("test_loss").mean(axis=0) for r in runs]),
+                 np.array([r.curve("train_loss").mean(axis=0) for r in runs]))
+
+
+def sign_test_threshold(n: int, level: float) -> int:
+    """Fewest positive differences out of ``n`` for which the one-sided sign test rejects at ``level``.
+
+    The smallest ``k`` with :func:`sign_test_p` ``(k, n) <= level``; ``n + 1``
+    if even ``n`` of ``n`` does not reach it.
+    """
+    n = _positive_int("n", n)
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1); got {level!r}.")
+    return next((k for k in range(n + 1) if sign_test_p(k, n) <= level), n + 1)
