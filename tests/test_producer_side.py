@@ -22,11 +22,10 @@ def _float64():
     keras.config.set_dtype_policy(old_policy)
 
 
-def _twins(build, pattern, factor, **kw):
+def _twins(build, pattern, keep_prob, **kw):
     keras.utils.set_random_seed(3)
     inv, std = build("inverted", **kw), build("standard", **kw)
-    paths = ps.variable_paths(inv, pattern)
-    ps.copy_scaled(inv, std, paths, factor)
+    ps.copy_scaled(inv, std, ps.absorbing(inv, pattern, keep_prob))
     return inv, std
 
 
@@ -46,7 +45,7 @@ ATT = dict(steps=3, features=2, heads=2, key_dim=2, outputs=2, rate=RATE, seed=2
     ],
 )
 def test_same_function_only_under_the_right_map(build, kw, pattern, same):
-    inv, std = _twins(build, pattern, 1 / P, **kw)
+    inv, std = _twins(build, pattern, P, **kw)
     x = np.random.default_rng(0).normal(size=(8,) + tuple(inv.input_shape[1:]))
     train = [np.asarray(m(x, training=True)) for m in (inv, std)]  # shared masks: same seed
     test = [np.asarray(m(x)) for m in (inv, std)]
@@ -74,9 +73,30 @@ def test_mapped_optimizer_refuses_unknown_paths_and_patterns():
     keras.utils.set_random_seed(0)
     model = ps.residual_model("standard", **RES)
     with pytest.raises(ValueError, match="no trainable variable"):
-        ps.variable_paths(model, r"nope/kernel")
-    with pytest.raises(ValueError, match="not a trainable variable"):
-        ps.mapped_optimizer(model, keras.optimizers.SGD(0.1), ["nope/kernel"], P)
+        ps.absorbing(model, r"nope/kernel", P)
+    with pytest.raises(ValueError, match="not trainable variables"):
+        ps.mapped_optimizer(model, keras.optimizers.SGD(0.1), {"nope/kernel": P})
+    with pytest.raises(ValueError, match="keep_prob must be in"):
+        ps.absorbing(model, r"head/kernel", RATE + 1)
+
+
+def test_combine_multiplies_keep_probs_of_a_variable_that_absorbs_two_dropouts():
+    a = {"w": 0.5, "b": 0.5}
+    assert ps.combine(a, {"w": 0.8}) == {"w": 0.4, "b": 0.5}
+
+
+def test_block_needs_the_bias_divided_by_the_residual_factor_only():
+    kw = dict(ATT, attention_rate=RATE, residual_rate=0.5)
+    del kw["rate"]
+    keras.utils.set_random_seed(3)
+    inv = ps.transformer_block_model("inverted", **kw)
+    std = ps.transformer_block_model("standard", **kw)
+    right = ps.combine(ps.absorbing(inv, r"mha/attention_output/kernel", P),
+                       ps.absorbing(inv, r"mha/attention_output/(kernel|bias)", 0.5))
+    x = np.random.default_rng(0).normal(size=(4, 3, 2))
+    ps.copy_scaled(inv, std, right)
+    a, b = np.asarray(inv(x, training=True)), np.asarray(std(x, training=True))
+    assert np.max(np.abs(a - b)) <= 64 * 2.0**-53 * np.max(np.abs(a))
 
 
 def test_scaled_gaps_maps_back_before_comparing():

@@ -27,8 +27,11 @@ Helpers:
 * :func:`residual_model` and :func:`attention_model` build the two
   architectures with either variant (:class:`StandardDropoutAttention` is
   ``MultiHeadAttention`` with the paper's dropout, mask for mask);
+* :func:`absorbing` names the variables that absorb a dropout's factor
+  (``{path: p}``), :func:`combine` merges several (a variable that absorbs
+  two dropouts takes the product of their ``p``);
 * :func:`copy_scaled` copies the inverted model's weights into the standard
-  one, dividing the chosen variables by ``p``;
+  one, dividing each absorbing variable by its ``p``;
 * :func:`mapped_optimizer` gives those variables the mapped optimizer
   (:func:`dropout_lib.mapping.to_standard`) and every other variable the
   original;
@@ -39,7 +42,7 @@ Helpers:
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
 import keras
@@ -57,13 +60,15 @@ _BIAS = "random_normal"
 
 __all__ = [
     "StandardDropoutAttention",
+    "absorbing",
     "attention_model",
+    "combine",
     "copy_scaled",
     "mapped_optimizer",
     "residual_model",
     "scaled_gaps",
     "scales_for",
-    "variable_paths",
+    "transformer_block_model",
 ]
 
 
@@ -142,59 +147,110 @@ def attention_model(
     return keras.Model(x, y, name=f"attention_{variant}")
 
 
-def variable_paths(model: keras.Model, pattern: str) -> list[str]:
-    """Paths of ``model``'s trainable variables that fully match the regular expression ``pattern``.
+def transformer_block_model(
+    variant: Variant,
+    *,
+    steps: int,
+    features: int,
+    heads: int,
+    key_dim: int,
+    outputs: int,
+    attention_rate: float,
+    residual_rate: float,
+    seed: int,
+) -> keras.Model:
+    """``x -> head(flatten(x + d_res(MHA(x, x))))``: attention dropout and residual dropout in one block.
 
-    Raises ``ValueError`` when none matches (a misspelt layer name would
-    otherwise map nothing, silently).
+    The attention layer ``mha`` drops its probabilities with
+    ``attention_rate`` (seed ``seed``), the residual dropout ``drop`` drops
+    its output with ``residual_rate`` (seed ``seed + 1``); both Keras rates
+    (drop probabilities), of Keras's variant or the paper's. The output
+    projection ``mha/attention_output`` is the consumer of the first dropout
+    and the producer of the second.
+    """
+    if variant not in ("inverted", "standard"):
+        raise ValueError(f"variant must be 'inverted' or 'standard'; got {variant!r}.")
+    cls = keras.layers.MultiHeadAttention if variant == "inverted" else StandardDropoutAttention
+    x = keras.Input((steps, features), name="x")
+    mha = cls(num_heads=heads, key_dim=key_dim, dropout=attention_rate, seed=seed, bias_initializer=_BIAS,
+              name="mha")
+    y = keras.layers.Add(name="residual")([x, _dropout(variant, residual_rate, seed + 1, "drop")(mha(x, x))])
+    out = keras.layers.Dense(outputs, bias_initializer=_BIAS, name="head")(keras.layers.Flatten(name="flat")(y))
+    return keras.Model(x, out, name=f"block_{variant}")
+
+
+def absorbing(model: keras.Model, pattern: str, keep_prob: float) -> dict[str, float]:
+    """``{path: keep_prob}`` for the trainable variables of ``model`` whose path fully matches ``pattern``.
+
+    ``keep_prob`` is ``p`` (Keras's ``rate`` is ``1 - p``): the factor by which
+    the standard twin divides those variables. Merge the dicts of several
+    dropouts with :func:`combine`. Raises ``ValueError`` when no variable
+    matches (a misspelt layer name would otherwise map nothing, silently).
     """
     paths = [v.path for v in model.trainable_variables if re.fullmatch(pattern, v.path)]
     if not paths:
         known = ", ".join(v.path for v in model.trainable_variables)
         raise ValueError(f"no trainable variable of {model.name!r} matches {pattern!r}; it has: {known}.")
-    return paths
+    if not 0 < keep_prob <= 1:
+        raise ValueError(f"keep_prob must be in (0, 1]; got {keep_prob!r}. Keras's rate is 1 - keep_prob.")
+    return {path: float(keep_prob) for path in paths}
 
 
-def copy_scaled(source: keras.Model, target: keras.Model, paths: Iterable[str], factor: float) -> None:
-    """Set ``target``'s weights to ``source``'s, multiplying the variables at ``paths`` by ``factor``.
+def combine(*absorbs: Mapping[str, float]) -> dict[str, float]:
+    """Merge ``{path: keep_prob}`` dicts; a variable that absorbs several dropouts takes the product.
 
-    The two models must have the same variables in the same order (the
-    builders above guarantee it). For the standard twin of an inverted model,
-    ``factor = 1 / p`` on the absorbing variables.
+    By the absorption theorem of chapter 7b, applied once per dropout, a
+    projection that absorbs the factors of two dropouts is divided by both.
     """
-    paths = set(paths)
+    out: dict[str, float] = {}
+    for absorb in absorbs:
+        for path, keep_prob in absorb.items():
+            out[path] = out.get(path, 1.0) * keep_prob
+    return out
+
+
+def _check_paths(model: keras.Model, absorb: Mapping[str, float]) -> None:
+    unknown = set(absorb) - {v.path for v in model.trainable_variables}
+    if unknown:
+        raise ValueError(f"not trainable variables of {model.name!r}: {sorted(unknown)}.")
+
+
+def copy_scaled(source: keras.Model, target: keras.Model, absorb: Mapping[str, float]) -> None:
+    """Set ``target``'s weights to ``source``'s, dividing each variable in ``absorb`` by its keep probability.
+
+    ``absorb`` maps variable paths to ``p`` (:func:`absorbing`); the result is
+    the standard twin's starting point ``theta_S / p``. The two models must
+    have the same variables in the same order (the builders here guarantee it).
+    """
     src, dst = source.trainable_variables, target.trainable_variables
     if [v.path for v in src] != [v.path for v in dst]:
         raise ValueError("source and target must have the same variables in the same order.")
-    unknown = paths - {v.path for v in src}
-    if unknown:
-        raise ValueError(f"no such variables: {sorted(unknown)}.")
+    _check_paths(source, absorb)
     for s, d in zip(src, dst):
         value = keras.ops.convert_to_numpy(s.value)
-        d.assign(value * factor if s.path in paths else value)
+        d.assign(value / absorb[s.path] if s.path in absorb else value)
 
 
 def mapped_optimizer(
-    model: keras.Model, optimizer: keras.optimizers.Optimizer, paths: Sequence[str], keep_prob: float
+    model: keras.Model, optimizer: keras.optimizers.Optimizer, absorb: Mapping[str, float]
 ) -> keras.optimizers.Optimizer:
-    """A ``MultiOptimizer`` for the standard twin: the mapped optimizer on ``paths``, a copy elsewhere.
+    """A ``MultiOptimizer`` for the standard twin: mapped optimizers on ``absorb``, a copy elsewhere.
 
-    The variables at ``paths`` are the inverted net's divided by ``p``
-    (``keep_prob``; Keras's ``rate`` is ``1 - p``) and receive ``p`` times its
-    gradients, exactly as consumer-side kernels do, so they take
-    :func:`dropout_lib.mapping.to_standard` ``(optimizer, p)``; every other
-    variable takes a fresh copy of ``optimizer``. Needs Keras >= 3.15
-    (``keras.optimizers.MultiOptimizer``).
+    A variable at a path of ``absorb`` is the inverted net's divided by its
+    ``p`` (Keras's ``rate`` is ``1 - p``) and receives ``p`` times its
+    gradient (the corollary of chapter 7b), as a consuming kernel
+    does, so it takes :func:`dropout_lib.mapping.to_standard` ``(optimizer, p)``;
+    every other variable takes a fresh copy of ``optimizer``. Needs
+    ``keras.optimizers.MultiOptimizer`` (Keras 3.15 has it).
     """
-    O = keras.optimizers  # noqa: N806
-    opt_map = O.OptimizerMap(default_optimizer=clone_optimizer(optimizer))
-    mapped = to_standard(optimizer, keep_prob)
-    known = {v.path for v in model.trainable_variables}
-    for path in paths:
-        if path not in known:
-            raise ValueError(f"{path!r} is not a trainable variable of {model.name!r}.")
-        opt_map[re.escape(path)] = mapped
-    return O.MultiOptimizer(opt_map)
+    _check_paths(model, absorb)
+    opt_map = keras.optimizers.OptimizerMap(default_optimizer=clone_optimizer(optimizer))
+    by_keep_prob: dict[float, keras.optimizers.Optimizer] = {}
+    for path, keep_prob in absorb.items():
+        if keep_prob not in by_keep_prob:
+            by_keep_prob[keep_prob] = to_standard(optimizer, keep_prob)
+        opt_map[re.escape(path)] = by_keep_prob[keep_prob]
+    return keras.optimizers.MultiOptimizer(opt_map)
 
 
 def scaled_gaps(
@@ -227,7 +283,10 @@ def scaled_gaps(
     return gaps
 
 
-def scales_for(model: keras.Model, paths: Iterable[str], scale: float) -> list[float]:
-    """``scale`` for each trainable variable of ``model`` at ``paths``, 1.0 for the others."""
-    paths = set(paths)
-    return [scale if v.path in paths else 1.0 for v in model.trainable_variables]
+def scales_for(model: keras.Model, absorb: Mapping[str, float]) -> list[float]:
+    """Per trainable variable of ``model``: its ``p`` if it is in ``absorb``, else 1.0.
+
+    These map the standard twin's variables back into the inverted net's
+    coordinates, for :func:`scaled_gaps`.
+    """
+    return [absorb.get(v.path, 1.0) for v in model.trainable_variables]
