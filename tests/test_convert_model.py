@@ -324,3 +324,25 @@ def test_maps_under_float32_floatx():
     tol = 3 * twins.rounding_tolerance(2, "float32") * 10
     for w_src, v in zip(source.weights, converted.model.weights):
         assert _rel(np.asarray(v.numpy(), np.float64) / scale.get(id(v), 1.0), w_src.numpy()) <= tol
+
+
+# ------------------------------------------------------------ the public API
+
+
+def test_import_is_lazy_and_the_public_names_resolve():
+    """`import dropout_lib` loads no Keras and sets no environment variable; the names resolve."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os, sys; before = dict(os.environ); import dropout_lib as dl; "
+        "assert 'keras' not in sys.modules and 'tensorflow' not in sys.modules; "
+        "assert dict(os.environ) == before; "
+        "assert sorted(dl.__all__) == ['NoExactMapError', 'NotConvertibleError', 'StandardDropout', "
+        "'convert_model', 'to_inverted', 'to_standard'], dl.__all__; "
+        "from dropout_lib import twins, mapping, validation; "
+        "assert dl.convert_model is twins.convert_model and dl.to_inverted is mapping.to_inverted; "
+        "assert dl.NotConvertibleError is validation.NotConvertibleError"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"} | {"TF_CPP_MIN_LOG_LEVEL": "2"}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)

@@ -222,3 +222,45 @@ def test_rate_outside_unit_interval_is_rejected(bad):
 def test_rate_from_bad_keep_prob_is_rejected(bad):
     with pytest.raises(ValueError, match="keep_prob"):
         R.rate_from_keep_prob(bad)
+
+
+# --------------------------------------------------------------------------- #
+# the one numpy operation against the Keras layers, non-finite inputs included
+# --------------------------------------------------------------------------- #
+
+
+def test_numpy_dropout_matches_the_keras_layers_on_nan_inf_and_signed_zeros():
+    """Keras drops with where(): a dropped nan or inf gives 0 (not nan), a dropped
+    negative +0.0. The numpy operation does the same. StandardDropout keeps x
+    itself: bit for bit. keras.layers.Dropout multiplies by fl(1/p) where numpy
+    divides by p: kept entries agree to one rounding, |rel| <= eps (two roundings
+    of u = eps/2 each); a kept nan or inf stays nan or inf in both."""
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+
+    from dropout_lib.layers import StandardDropout
+    from dropout_lib.twins import drawn_masks
+
+    rate, seed = 0.5, 12
+    x = np.array([[np.nan, np.inf, -np.inf, -1.5, 2.0, -0.0, 3.0, np.nan] * 4], dtype=np.float32)
+    (mask,) = drawn_masks(keras.layers.Dropout(rate, seed=seed), np.ones_like(x), calls=1)
+    assert 0 < mask.sum() < mask.size  # some kept, some dropped
+    p = 1 - rate
+    std_keras = np.asarray(StandardDropout(rate, seed=seed)(x, training=True))
+    inv_keras = np.asarray(keras.layers.Dropout(rate, seed=seed)(x, training=True))
+    std_numpy = R.standard_dropout(x, p, training=True, mask=mask)
+    inv_numpy = R.inverted_dropout(x, p, training=True, mask=mask)
+    dropped = mask == 0
+    for ours, theirs in ((std_numpy, std_keras), (inv_numpy, inv_keras)):
+        assert ours.dtype == np.float32
+        assert np.all(ours[dropped] == 0) and not np.any(np.signbit(ours[dropped]))
+        assert np.array_equal(np.signbit(theirs[dropped]), np.signbit(ours[dropped]))
+        np.testing.assert_array_equal(np.isnan(ours), np.isnan(theirs))
+    np.testing.assert_array_equal(std_numpy, std_keras)  # nan == nan for assert_array_equal
+    finite = np.isfinite(inv_numpy)
+    np.testing.assert_array_equal(inv_numpy[~finite], inv_keras[~finite])
+    np.testing.assert_allclose(inv_numpy[finite], inv_keras[finite], rtol=np.finfo(np.float32).eps, atol=0)
+    # the old m * x would have kept a dropped nan: the check can fail
+    assert np.isnan((mask * x)[dropped & np.isnan(x)]).any()
