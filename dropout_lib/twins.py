@@ -448,6 +448,13 @@ class ConvertedModel:
     consumers
         The layers of ``model`` whose kernels were rescaled, with their keep
         probabilities (:class:`dropout_lib.conversion.Consumer`).
+
+    Examples
+    --------
+    >>> import keras
+    >>> result = convert_model(keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)]), to="standard")
+    >>> result.direction, result.consumers, result.optimizer is None   # no dropout, no optimizer
+    ('to_standard', (), True)
     """
 
     model: keras.Model
