@@ -165,7 +165,9 @@ def dropout_layers(model: keras.Model) -> list[keras.layers.Layer]:
     Examples
     --------
     >>> import keras
-    >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dropout(0.5, name="d"), keras.layers.Dense(2)])
+    >>> model = keras.Sequential(
+    ...     [keras.Input((3,)), keras.layers.Dropout(0.5, name="d"), keras.layers.Dense(2)]
+    ... )
     >>> [layer.name for layer in dropout_layers(model)]
     ['d']
     """
@@ -553,7 +555,8 @@ def convert_model(
     >>> dl.convert_model(noisy, to="standard")
     Traceback (most recent call last):
     ...
-    dropout_lib.validation.NotConvertibleError: layer 'gaussian_dropout' (GaussianDropout) is not Bernoulli dropout ...
+    dropout_lib.validation.NotConvertibleError: layer 'gaussian_dropout' (GaussianDropout) is not
+    Bernoulli dropout ...
     """
     direction = direction_to(to)
     variant: Variant = to

@@ -11,7 +11,8 @@ a message that says what is wrong and what to do:
 >>> check_keep_prob(1.5)
 Traceback (most recent call last):
 ...
-ValueError: keep_prob must be in (0, 1]; got 1.5. keep_prob is the probability of KEEPING a unit; Keras's rate (the drop probability) is 1 - keep_prob: for rate r pass keep_prob=1 - r.
+ValueError: keep_prob must be in (0, 1]; got 1.5. keep_prob is the probability of KEEPING
+a unit; Keras's rate (the drop probability) is 1 - keep_prob: for rate r pass keep_prob=1 - r.
 >>> keep_prob_from_rate(0.25)
 0.75
 >>> direction_to("standard")
@@ -115,7 +116,8 @@ def check_keep_prob(keep_prob: float) -> float:
     >>> check_keep_prob(0.0)
     Traceback (most recent call last):
     ...
-    ValueError: keep_prob must be in (0, 1]; got 0.0. keep_prob is the probability of KEEPING a unit; Keras's rate (the drop probability) is 1 - keep_prob: for rate r pass keep_prob=1 - r.
+    ValueError: keep_prob must be in (0, 1]; got 0.0. keep_prob is the probability of KEEPING
+    a unit; Keras's rate (the drop probability) is 1 - keep_prob: for rate r pass keep_prob=1 - r.
     """
     value = _real(keep_prob, "keep_prob", "(0, 1]")
     if not (math.isfinite(value) and 0.0 < value <= 1.0):
@@ -155,7 +157,8 @@ def check_rate(rate: float) -> float:
     >>> check_rate(1.0)
     Traceback (most recent call last):
     ...
-    ValueError: rate must be in [0, 1); got 1.0. rate is Keras's DROP probability (rate = 1 - keep_prob); rate = 1 would drop every unit. For keep probability p pass rate=1 - p.
+    ValueError: rate must be in [0, 1); got 1.0. rate is Keras's DROP probability
+    (rate = 1 - keep_prob); rate = 1 would drop every unit. For keep probability p pass rate=1 - p.
     """
     value = _real(rate, "rate", "[0, 1)")
     if not (math.isfinite(value) and 0.0 <= value < 1.0):
@@ -197,7 +200,8 @@ def check_variant(variant: str) -> Variant:
     >>> check_variant("keras")
     Traceback (most recent call last):
     ...
-    ValueError: variant must be one of ('standard', 'inverted'); got 'keras'. 'standard' is the paper's dropout (train m*h, test p*h), 'inverted' is Keras's (train m*h/p, test h).
+    ValueError: variant must be one of ('standard', 'inverted'); got 'keras'. 'standard' is the
+    paper's dropout (train m*h, test p*h), 'inverted' is Keras's (train m*h/p, test h).
     """
     if variant not in VARIANTS:
         raise ValueError(

@@ -113,7 +113,9 @@ def run(
     --------
     >>> import numpy as np
     >>> from dropout_lib.exact.optimizers import SGD
-    >>> result = run({"w": np.array([1.0])}, SGD(0.25), 2, lambda t, p: (float(p["w"][0] ** 2), {"w": 2 * p["w"]}))
+    >>> def loss_and_grads(t, p):                  # loss w^2, gradient 2 w
+    ...     return float(p["w"][0] ** 2), {"w": 2 * p["w"]}
+    >>> result = run({"w": np.array([1.0])}, SGD(0.25), 2, loss_and_grads)
     >>> result.params["w"], result.losses
     (array([0.25]), array([1.  , 0.25]))
     """
