@@ -302,6 +302,17 @@ class _Walk:
 
     def layer_out(self, layer: Any, ins: list[float]) -> float:
         """The factor of the layer's outputs given its inputs' factors."""
+        out = self._layer_out(layer, ins)
+        if not _close(out, 1.0) and getattr(layer, "activity_regularizer", None) is not None:
+            raise NotConvertibleError(
+                f"layer {layer.name!r} ({type(layer).__name__}) has an activity regularizer "
+                f"on a dropped tensor (the two variants differ there by the factor {out:.6g}), "
+                "and a penalty on the activations changes with their scale: remove it, or "
+                "put it on a layer after the consuming Dense/Conv layer."
+            )
+        return out
+
+    def _layer_out(self, layer: Any, ins: list[float]) -> float:
         if isinstance(layer, L.InputLayer):
             return 1.0
         if _is_dropout(layer):

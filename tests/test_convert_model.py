@@ -236,6 +236,9 @@ REFUSALS = {
         lambda: _seq(L.Dropout(0.5), L.Dense(2, kernel_constraint=keras.constraints.MaxNorm(2), name="mn")),
         "mn"),
     "already inverted": (lambda: _seq(L.Dropout(0.5, name="drop"), L.Dense(2)), "drop"),
+    "activity regularizer on a dropped tensor": (
+        lambda: _seq(L.Dropout(0.5), L.ReLU(activity_regularizer="l2", name="act_reg"), L.Dense(2)),
+        "act_reg"),
 }
 
 
