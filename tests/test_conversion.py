@@ -10,6 +10,7 @@ architecture the graph walk accepts; architectures it refuses raise
 
 from __future__ import annotations
 
+import math
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -18,6 +19,9 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from hypothesis.extra import numpy as hnp  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from keras import layers as L  # noqa: E402
 from keras import ops  # noqa: E402
@@ -245,12 +249,32 @@ def test_convert_weights_checks_the_twins():
 # --------------------------------------------------- penalties, constraints
 
 
-def test_scalar_maps():
-    assert conversion.map_l2(0.01, 0.5, "to_standard") == 0.0025       # l2 p^2
-    assert conversion.map_l2(0.0025, 0.5, "to_inverted") == 0.01
-    assert conversion.map_l1(0.01, 0.5, "to_standard") == 0.005        # l1 p
-    assert conversion.map_max_norm(2.0, 0.5, "to_standard") == 4.0     # c / p
-    assert conversion.map_max_norm(4.0, 0.5, "to_inverted") == 2.0
+@settings(max_examples=40, deadline=None)
+@given(
+    w=hnp.arrays(np.float64, (5, 3), elements=st.floats(-3, 3, allow_subnormal=False)),
+    p=st.floats(0.05, 1.0),
+    lam=st.floats(1e-6, 1.0),
+    direction=st.sampled_from(["to_standard", "to_inverted"]),
+)
+def test_scalar_maps_leave_the_penalty_and_the_projection_unchanged(w, p, lam, direction):
+    """What the maps are for, not their formulas: with W_tgt = s W (s = 1/p to standard,
+    p to inverted) the mapped L2 and L1 penalties equal the source's, and the mapped
+    max-norm projection is s times the source's projection. Each side is a few
+    float64 operations: 16 eps relative (or 1e-300 absolute for a zero W) bounds the
+    rounding; a map off by one factor of p is off by >= 5 % here (p <= 0.95 drawn
+    or the factor is 1, where every map is the identity)."""
+    s = conversion.kernel_scale(p, direction)
+    tol = 16 * np.finfo(np.float64).eps
+    l2, l1 = conversion.map_l2(lam, p, direction), conversion.map_l1(lam, p, direction)
+    assert math.isclose(l2 * np.sum((s * w) ** 2), lam * np.sum(w**2), rel_tol=tol, abs_tol=1e-300)
+    assert math.isclose(l1 * np.sum(np.abs(s * w)), lam * np.sum(np.abs(w)), rel_tol=tol, abs_tol=1e-300)
+    c = 1.0
+    src = np.asarray(conversion.EquivariantMaxNorm(c)(w))
+    tgt = np.asarray(conversion.EquivariantMaxNorm(conversion.map_max_norm(c, p, direction))(s * w))
+    np.testing.assert_allclose(tgt, s * src, rtol=tol, atol=1e-300)
+
+
+def test_scalar_maps_refuse_a_rate_for_a_keep_prob():
     with pytest.raises(ValueError, match="keep_prob"):
         conversion.map_l2(0.01, 1.5, "to_standard")
 
