@@ -42,6 +42,7 @@ import tensorflow as tf
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from dropout_lib.twins import quiet_tensorflow
+from dropout_lib.validation import check_rate
 
 __all__ = [
     "SourceExcerpt",
@@ -288,16 +289,7 @@ def trainer_training_lines() -> dict[str, SourceExcerpt]:
 # --------------------------------------------------------------------------- #
 
 
-def _check_rate(rate: float) -> float:
-    if isinstance(rate, bool) or not isinstance(rate, (int, float, np.floating)):
-        raise TypeError(f"rate must be a real number in [0, 1); got {rate!r}.")
-    value = float(rate)
-    if not math.isfinite(value) or not 0.0 <= value < 1.0:
-        raise ValueError(
-            f"rate must be in [0, 1); got {rate!r}. rate is Keras's DROP "
-            "probability, keep_prob = 1 - rate."
-        )
-    return value
+_check_rate = check_rate  # the one check, in dropout_lib.validation
 
 
 def _float_dtype(dtype: DTypeLike) -> np.dtype:
