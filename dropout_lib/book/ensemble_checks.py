@@ -36,6 +36,7 @@ from numpy.typing import ArrayLike, NDArray
 from dropout_lib.theory.ensemble import DropoutNet, EnsembleResult, MCErrorCurve, enumerate_ensemble
 from dropout_lib.reference import check_variant
 from dropout_lib.reference import Variant, check_keep_prob
+from dropout_lib.book.publish import stable_ceil, stable_floor  # noqa: F401  (the chapters use them from here too)
 
 __all__ = [
     "UNIT_ROUNDOFF",
@@ -366,54 +367,6 @@ def rounding_noise(value: float, bound: float, floor: float = 1e-12) -> float:
     if not (math.isfinite(bound) and bound >= 0):
         raise ValueError(f"bound must be a finite number >= 0; got {bound!r}.")
     return max(2.0 * bound / abs(value), float(floor))
-
-
-def _stable_step(value: float, decimals: int, noise: float, up: bool) -> float:
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"value must be finite; got {value!r}.")
-    if not (0 <= noise < 1):
-        raise ValueError(f"noise is a relative difference in [0, 1); got {noise!r}.")
-    scale = 10.0**decimals
-    step = math.ceil if up else math.floor
-    margin = abs(value) * noise
-    low, high = step((value - margin) * scale), step((value + margin) * scale)
-    if low != high:
-        raise ValueError(
-            f"value = {value!r} is within a relative {noise:g} of a multiple of {1 / scale:g}: "
-            "its bound at this precision differs between machines; use fewer decimals")
-    return low / scale
-
-
-def stable_floor(value: float, decimals: int, noise: float) -> float:
-    """A lower bound of ``value`` with ``decimals`` decimals, the same on every machine.
-
-    ``floor(value * 10**decimals) / 10**decimals``, provided every ``v`` within
-    a relative ``noise`` of ``value`` gives the same number (else ``ValueError``):
-    for prose that says "at least", where a rounding up would be false.
-
-    >>> stable_floor(26.6, 0, 1e-9)
-    26.0
-    >>> stable_floor(-0.4891, 2, 1e-9)
-    -0.49
-    """
-    return _stable_step(value, decimals, noise, up=False)
-
-
-def stable_ceil(value: float, decimals: int, noise: float) -> float:
-    """An upper bound of ``value`` with ``decimals`` decimals, the same on every machine.
-
-    As :func:`stable_floor`, rounding up: for prose that says "within" or
-    "at most", where a rounding down would be false.
-
-    >>> stable_ceil(1.3349, 2, 1e-9)
-    1.34
-    >>> stable_ceil(2.0, 1, 1e-9)
-    Traceback (most recent call last):
-    ...
-    ValueError: value = 2.0 is within a relative 1e-09 of a multiple of 0.1: its bound at this precision differs between machines; use fewer decimals
-    """
-    return _stable_step(value, decimals, noise, up=True)
 
 
 @dataclass(frozen=True, eq=False)

@@ -16,6 +16,9 @@ holds. This module decides what a stored number may be:
   lies within ``noise`` of a rounding boundary the call raises, and the author
   shows fewer digits or a bound. So when this call succeeds on one machine,
   every machine whose value is within ``noise`` stores the same text;
+* :func:`stable_floor` and :func:`stable_ceil`: a lower or upper bound at a
+  stated number of decimals, for prose that says "at least" or "within",
+  where rounding to nearest could be false; the same margin rule;
 * :func:`glue_bound`: a value at the rounding level (a gap between two runs
   that agree to float64 precision, a float32 discrepancy), asserted against a
   bound justified in the chapter; the *bound* is stored, the value is not.
@@ -34,7 +37,16 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["glue_bound", "glue_exact", "glue_exact_many", "glue_rounded", "round_stable", "stable_text"]
+__all__ = [
+    "glue_bound",
+    "glue_exact",
+    "glue_exact_many",
+    "glue_rounded",
+    "round_stable",
+    "stable_ceil",
+    "stable_floor",
+    "stable_text",
+]
 
 
 def _glue(name: str, value: Any) -> None:
@@ -95,6 +107,57 @@ def round_stable(value: float, digits: int, noise: float, *, name: str = "value"
             "fewer digits, or as a bound with glue_bound"
         )
     return mid
+
+
+def _stable_step(value: float, decimals: int, noise: float, up: bool) -> float:
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"value must be finite; got {value!r}.")
+    if not (0 <= noise < 1):
+        raise ValueError(f"noise is a relative difference in [0, 1); got {noise!r}.")
+    scale = 10.0**decimals
+    step = math.ceil if up else math.floor
+    margin = abs(value) * noise * (2 if os.environ.get(STORING) else 1)
+    low, high = step((value - margin) * scale), step((value + margin) * scale)
+    if low != high:
+        raise ValueError(
+            f"value = {value!r} is within a relative {margin / abs(value):g} of a multiple of {1 / scale:g}: "
+            "its bound at this precision differs between machines; use fewer decimals")
+    return low / scale
+
+
+def stable_floor(value: float, decimals: int, noise: float) -> float:
+    """A lower bound of ``value`` with ``decimals`` decimals, the same on every machine.
+
+    For prose that says "at least" (glue it with :func:`glue_exact`); the
+    margin rule is :func:`round_stable`'s.
+
+    ``floor(value * 10**decimals) / 10**decimals``, provided every ``v`` within
+    a relative ``noise`` of ``value`` gives the same number (else ``ValueError``):
+    for prose that says "at least", where a rounding up would be false.
+
+    >>> stable_floor(26.6, 0, 1e-9)
+    26.0
+    >>> stable_floor(-0.4891, 2, 1e-9)
+    -0.49
+    """
+    return _stable_step(value, decimals, noise, up=False)
+
+
+def stable_ceil(value: float, decimals: int, noise: float) -> float:
+    """An upper bound of ``value`` with ``decimals`` decimals, the same on every machine.
+
+    As :func:`stable_floor`, rounding up: for prose that says "within" or
+    "at most", where a rounding down would be false.
+
+    >>> stable_ceil(1.3349, 2, 1e-9)
+    1.34
+    >>> stable_ceil(2.0, 1, 1e-9)
+    Traceback (most recent call last):
+    ...
+    ValueError: value = 2.0 is within a relative 1e-09 of a multiple of 0.1: its bound at this precision differs between machines; use fewer decimals
+    """
+    return _stable_step(value, decimals, noise, up=True)
 
 
 def stable_text(value: float, digits: int, noise: float) -> str:
