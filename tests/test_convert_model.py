@@ -97,7 +97,7 @@ def build(ops, rates):
     return keras.Model(x, y), n_dense
 
 
-@settings(max_examples=10, deadline=None)  # ~0.3 s each: the unit-test budget
+@settings(max_examples=8, deadline=None)  # ~0.3 s each: the unit-test budget
 @given(graph=graphs())
 def test_random_graphs_convert_exactly_or_are_refused(graph):
     ops, rates = graph
@@ -151,10 +151,9 @@ def test_converted_model_trains_like_the_source(make_optimizer, f64):
     source = paper_net()
     converted = dl.convert_model(source, to="inverted", optimizer=make_optimizer())
     naive = twins.mapped_twin(source, "inverted", hyperparameters="copied")
-    naive_opt = mapped_multi_optimizer(naive, make_optimizer(), "to_inverted")
     _fit(source, make_optimizer())
     _fit(converted.model, converted.optimizer)
-    _fit(naive, naive_opt)
+    _fit(naive, mapped_multi_optimizer(naive, make_optimizer(), "to_inverted"))
     scale = {id(v): c.keep_prob for c in converted.consumers for v in c.variables}
     steps, k = 10, 3
     tol = steps * twins.rounding_tolerance(k, "float64") * 10
@@ -343,9 +342,9 @@ def test_import_is_lazy_and_the_public_names_resolve():
         "assert dict(os.environ) == before; "
         "assert sorted(dl.__all__) == ['NoExactMapError', 'NotConvertibleError', 'StandardDropout', "
         "'convert_model', 'to_inverted', 'to_standard'], dl.__all__; "
-        "from dropout_lib import twins, mapping, validation; "
-        "assert dl.convert_model is twins.convert_model and dl.to_inverted is mapping.to_inverted; "
-        "assert dl.NotConvertibleError is validation.NotConvertibleError"
+        "from dropout_lib import validation; "
+        "assert dl.NotConvertibleError is validation.NotConvertibleError; "
+        "assert 'keras' not in sys.modules"
     )
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"} | {"TF_CPP_MIN_LOG_LEVEL": "2"}
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
