@@ -52,12 +52,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from dropout_lib.reference import check_keep_prob
+from dropout_lib.validation import NoExactMapError  # the package's one class: dl.NoExactMapError
 
 __all__ = ["DEFAULTS", "NoExactMapError", "keep_prob_from_torch_p", "map_param_group", "scale"]
-
-
-class NoExactMapError(ValueError):
-    """No hyperparameters of the same PyTorch optimizer reproduce the other variant exactly."""
 
 
 # PyTorch's defaults for the hyperparameters a map changes (documentation, signatures).
