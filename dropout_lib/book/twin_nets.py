@@ -34,7 +34,8 @@ from numpy.typing import NDArray
 from dropout_lib import twins
 from dropout_lib.conversion import dropout_consumers
 
-__all__ = ["NET_RATES", "TwinRow", "compare_mapped", "example_inputs", "example_nets", "plot_gaps", "tanh_between_net"]
+__all__ = ["NET_RATES", "TwinRow", "compare_mapped", "example_inputs", "example_nets", "plot_gaps",
+           "producer_mapped_twin", "tanh_between_net"]
 
 L = keras.layers
 
@@ -179,8 +180,12 @@ def compare_mapped(
 def tanh_between_net(dtype: str = "float64") -> keras.Model:
     """``Dense -> Dropout -> tanh -> Dense``: the dropped tensor reaches the kernel through tanh.
 
-    ``tanh(c v) != c tanh(v)``, so no rescaling of the kernel carries the factor
-    ``1/p`` through; :func:`dropout_lib.twins.mapped_twin` must refuse it.
+    ``tanh(c v) != c tanh(v)``, so no rescaling of the *consuming* kernel carries
+    the factor ``1/p`` through. A producer-side map does: dividing the first
+    ``Dense``'s kernel and bias by ``p`` makes the dropped tensors themselves
+    equal, whatever follows (chapter 7's ``prop-absorb``, case 2; chapter 7b's
+    ``thm-absorb-either-side``). :func:`dropout_lib.twins.mapped_twin` builds
+    consumer-side maps only, so it must refuse this network.
     """
     return keras.Sequential([
         keras.Input((20,), dtype=dtype),
@@ -188,6 +193,22 @@ def tanh_between_net(dtype: str = "float64") -> keras.Model:
         L.Dropout(0.3, seed=7, dtype=dtype),
         L.Activation("tanh", dtype=dtype),
         L.Dense(4, **_kw(dtype, 12))])
+
+
+def producer_mapped_twin(model: keras.Model) -> keras.Model:
+    """The standard twin of :func:`tanh_between_net` by the producer-side map.
+
+    :func:`dropout_lib.twins.twin` swaps the ``Dropout`` (Keras's, ``rate`` the
+    drop probability) for ``StandardDropout`` with the same masks; the first
+    ``Dense``'s kernel ``A`` and bias ``c`` become ``A / p`` and ``c / p``
+    (``p = 1 - rate``), every other weight is copied. The dropped tensors are
+    then ``m * h / p`` in training and ``h`` at inference in both nets.
+    """
+    std = twins.twin(model, "standard")
+    p = 1.0 - float(model.layers[1].rate)
+    kernel, bias, *rest = model.get_weights()
+    std.set_weights([kernel / p, bias / p, *rest])
+    return std
 
 
 def plot_gaps(groups: Mapping[str, list[float]], eps: Mapping[str, float]):
