@@ -74,6 +74,7 @@ from dropout_lib.layers import StandardDropout
 from dropout_lib.mapping import clone_optimizer, mapped_multi_optimizer
 
 __all__ = [
+    "statistic_sensitivity",
     "WAYS",
     "Config",
     "HeldOutCurve",
@@ -624,6 +625,36 @@ def paired_comparison(baseline: ArrayLike, treatment: ArrayLike,
     else:
         sign_p = float(scipy.stats.binomtest(n_pos, n_nonzero).pvalue) if n_nonzero else 1.0
     return PairedComparison(d, mean, se, t, n_pos, n_nonzero, sign_p, t_p, ci95)
+
+
+def statistic_sensitivity(baseline: ArrayLike, treatment: ArrayLike, eps: float,
+                          alternative: str = "greater") -> dict[str, float]:
+    """How far :func:`paired_comparison`'s statistics move when each difference moves by ``eps``.
+
+    For each statistic (``mean``, ``standard_error``, ``t``, ``t_p``, ``lo``
+    and ``hi``, the ends of ``ci95``), the worst case to first order,
+    ``sum_s |stat(d + eps e_s) - stat(d)|``, relative to ``|stat(d)|``
+    (``inf`` where the statistic is 0). With ``eps`` the largest change of a
+    difference between correct runs, this is the relative noise a chapter may
+    state for these statistics (to first order: ``eps`` small against the
+    differences' spread).
+    """
+    a = np.asarray(baseline, dtype=np.float64)
+    b = np.asarray(treatment, dtype=np.float64)
+
+    def stats(x: NDArray) -> NDArray:
+        c = paired_comparison(x, b, alternative)
+        return np.array([c.mean, c.standard_error, c.t, c.t_p, c.ci95[0], c.ci95[1]])
+
+    base = stats(a)
+    moved = np.zeros_like(base)
+    for s in range(len(a)):
+        step = a.copy()
+        step[s] += eps
+        moved += np.abs(stats(step) - base)
+    with np.errstate(divide="ignore"):
+        rel = np.where(base != 0, moved / np.abs(base), np.inf)
+    return dict(zip(("mean", "standard_error", "t", "t_p", "lo", "hi"), map(float, rel)))
 
 
 # ------------------------------------------------------- what the chapter reads
