@@ -139,28 +139,57 @@ _CONSUMER_KERNELS: dict[type, tuple[str, ...]] = {
 }
 
 _HOMOGENEOUS: tuple[type, ...] = (
-    L.Flatten, L.Reshape, L.Permute, L.RepeatVector, L.Identity,
-    L.Cropping1D, L.Cropping2D, L.Cropping3D,
-    L.ZeroPadding1D, L.ZeroPadding2D, L.ZeroPadding3D,
-    L.UpSampling1D, L.UpSampling2D, L.UpSampling3D,
-    L.MaxPooling1D, L.MaxPooling2D, L.MaxPooling3D,
-    L.AveragePooling1D, L.AveragePooling2D, L.AveragePooling3D,
-    L.GlobalMaxPooling1D, L.GlobalMaxPooling2D, L.GlobalMaxPooling3D,
-    L.GlobalAveragePooling1D, L.GlobalAveragePooling2D, L.GlobalAveragePooling3D,
-    L.LeakyReLU, L.PReLU, L.GaussianDropout,
+    L.Flatten,
+    L.Reshape,
+    L.Permute,
+    L.RepeatVector,
+    L.Identity,
+    L.Cropping1D,
+    L.Cropping2D,
+    L.Cropping3D,
+    L.ZeroPadding1D,
+    L.ZeroPadding2D,
+    L.ZeroPadding3D,
+    L.UpSampling1D,
+    L.UpSampling2D,
+    L.UpSampling3D,
+    L.MaxPooling1D,
+    L.MaxPooling2D,
+    L.MaxPooling3D,
+    L.AveragePooling1D,
+    L.AveragePooling2D,
+    L.AveragePooling3D,
+    L.GlobalMaxPooling1D,
+    L.GlobalMaxPooling2D,
+    L.GlobalMaxPooling3D,
+    L.GlobalAveragePooling1D,
+    L.GlobalAveragePooling2D,
+    L.GlobalAveragePooling3D,
+    L.LeakyReLU,
+    L.PReLU,
+    L.GaussianDropout,
 )
 
 _SAME_SCALE_MERGES: tuple[type, ...] = (
-    L.Add, L.Subtract, L.Average, L.Maximum, L.Minimum, L.Concatenate,
+    L.Add,
+    L.Subtract,
+    L.Average,
+    L.Maximum,
+    L.Minimum,
+    L.Concatenate,
 )
 
 _EPSILON_NORMALISERS: tuple[type, ...] = (
-    L.BatchNormalization, L.LayerNormalization, L.GroupNormalization,
+    L.BatchNormalization,
+    L.LayerNormalization,
+    L.GroupNormalization,
     L.UnitNormalization,
 ) + ((L.RMSNormalization,) if hasattr(L, "RMSNormalization") else ())
 
 _HOMOGENEOUS_ACTIVATIONS = (
-    keras.activations.relu, keras.activations.leaky_relu, keras.activations.linear,
+    keras.activations.relu,
+    keras.activations.leaky_relu,
+    keras.activations.linear,
 )
 
 
@@ -184,10 +213,7 @@ def _homogeneous(layer: Any) -> bool:
 
 def _refusal(layer: Any, scale: float) -> str:
     name = f"layer {layer.name!r} ({type(layer).__name__})"
-    head = (
-        f"{name} receives a dropped tensor (the two variants differ there by the "
-        f"factor {scale:.6g}) but "
-    )
+    head = f"{name} receives a dropped tensor (the two variants differ there by the factor {scale:.6g}) but "
     if isinstance(layer, _EPSILON_NORMALISERS):
         why = (
             "normalises by sqrt(variance + epsilon), which is invariant to the "
@@ -408,9 +434,7 @@ def dropout_consumers(model: keras.Model) -> list[Consumer]:
     [('hidden', 0.5), ('out', 0.5)]
     """
     if not model.built:
-        raise NotConvertibleError(
-            f"model {model.name!r} is not built; call it on data or give it an Input."
-        )
+        raise NotConvertibleError(f"model {model.name!r} is not built; call it on data or give it an Input.")
     walk = _Walk()
     if isinstance(model, keras.Sequential):
         c = 1.0
@@ -471,10 +495,7 @@ def converted_weights(model: keras.Model, direction: Direction) -> list[NDArray]
         s = kernel_scale(consumer.keep_prob, direction)
         for v in consumer.variables:
             scale[id(v)] = s
-    return [
-        w * scale[id(v)] if id(v) in scale else w
-        for v, w in zip(model.weights, model.get_weights())
-    ]
+    return [w * scale[id(v)] if id(v) in scale else w for v, w in zip(model.weights, model.get_weights())]
 
 
 def _dropouts(model: keras.Model) -> list[Any]:
@@ -522,9 +543,7 @@ def convert_weights(model_src: keras.Model, model_dst: keras.Model, direction: D
     [2.0, 2.0]
     """
     check_direction(direction)
-    want_src, want_dst = (
-        ("inverted", "standard") if direction == "to_standard" else ("standard", "inverted")
-    )
+    want_src, want_dst = ("inverted", "standard") if direction == "to_standard" else ("standard", "inverted")
     pairs = ((model_src, want_src, "model_src"), (model_dst, want_dst, "model_dst"))
     for model, want, role in pairs:
         for layer in _dropouts(model):
@@ -539,8 +558,7 @@ def convert_weights(model_src: keras.Model, model_dst: keras.Model, direction: D
     layers_dst = model_dst._flatten_layers(include_self=False)
     if len(layers_src) != len(layers_dst):
         raise ValueError(
-            f"the twins differ: {len(layers_src)} layers in model_src, "
-            f"{len(layers_dst)} in model_dst."
+            f"the twins differ: {len(layers_src)} layers in model_src, {len(layers_dst)} in model_dst."
         )
     for a, b in zip(layers_src, layers_dst):
         if _is_dropout(a) and _is_dropout(b):
@@ -659,9 +677,7 @@ def map_regularizer(regularizer: Any, keep_prob: float, direction: Direction) ->
         new.l1 = _exact(regularizer.l1, 1.0 / s)
         new.l2 = _exact(regularizer.l2, 1.0 / s**2)
         return new
-    raise NoExactMapError(
-        f"no map derived for the regularizer {kind.__name__}; supported: L1, L2, L1L2."
-    )
+    raise NoExactMapError(f"no map derived for the regularizer {kind.__name__}; supported: L1, L2, L1L2.")
 
 
 @keras.saving.register_keras_serializable(package="dropout_lib")

@@ -33,23 +33,20 @@ def _check_noise_shape(noise_shape: Any) -> tuple[int | None, ...] | None:
         return None
     if isinstance(noise_shape, str):
         raise ValueError(
-            f"noise_shape must be a tuple of positive integers or None; got the "
-            f"string {noise_shape!r}."
+            f"noise_shape must be a tuple of positive integers or None; got the string {noise_shape!r}."
         )
     try:
         dims = tuple(noise_shape)
     except TypeError:
         raise ValueError(
-            f"noise_shape must be a tuple of positive integers or None; got "
-            f"{noise_shape!r}."
+            f"noise_shape must be a tuple of positive integers or None; got {noise_shape!r}."
         ) from None
     for i, dim in enumerate(dims):
         if dim is None:
             continue
         if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0:
             raise ValueError(
-                f"noise_shape[{i}] must be a positive integer or None; got "
-                f"{dim!r} in noise_shape={dims}."
+                f"noise_shape[{i}] must be a positive integer or None; got {dim!r} in noise_shape={dims}."
             )
     return dims
 
@@ -179,7 +176,5 @@ class StandardDropout(keras.layers.Layer):
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
-        config.update(
-            {"rate": self.rate, "noise_shape": self.noise_shape, "seed": self.seed}
-        )
+        config.update({"rate": self.rate, "noise_shape": self.noise_shape, "seed": self.seed})
         return config

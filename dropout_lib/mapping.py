@@ -187,9 +187,7 @@ class ScaledLearningRateSchedule(keras.optimizers.schedules.LearningRateSchedule
         if isinstance(schedule, dict):  # from_config
             schedule = keras.optimizers.schedules.deserialize(schedule)
         if not isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
-            raise TypeError(
-                f"schedule must be a keras LearningRateSchedule; got {schedule!r}."
-            )
+            raise TypeError(f"schedule must be a keras LearningRateSchedule; got {schedule!r}.")
         if not (isinstance(factor, (int, float)) and math.isfinite(factor) and factor > 0):
             raise ValueError(f"factor must be a positive finite number; got {factor!r}.")
         self.schedule = schedule
@@ -720,15 +718,15 @@ def mapped_multi_optimizer(
         groups = [(c.keep_prob, c.variables) for c in dropout_consumers(model)]
     else:
         check_keep_prob(keep_prob)
-        groups = [
-            (keep_prob, consumer_kernels(layer))
-            for layer in _resolve_layers(model, consuming_layers)
-        ]
+        groups = [(keep_prob, consumer_kernels(layer)) for layer in _resolve_layers(model, consuming_layers)]
 
     if isinstance(optimizer, _O.LossScaleOptimizer):
         inner = mapped_multi_optimizer(
-            model, optimizer.inner_optimizer, direction,
-            keep_prob=keep_prob, consuming_layers=consuming_layers,
+            model,
+            optimizer.inner_optimizer,
+            direction,
+            keep_prob=keep_prob,
+            consuming_layers=consuming_layers,
         )
         return _O.LossScaleOptimizer(
             inner,

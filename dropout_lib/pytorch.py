@@ -70,11 +70,18 @@ _LR_DEFAULT = {"Adam": 1e-3, "AdamW": 1e-3}
 # Hyperparameters that no map changes (scale-free, or acting on the loss's sign).
 _UNCHANGED = {
     "SGD": {"momentum", "dampening", "nesterov", "maximize", "foreach", "differentiable", "fused"},
-    "Adam": {"betas", "amsgrad", "decoupled_weight_decay", "maximize", "foreach", "capturable",
-             "differentiable", "fused"},
+    "Adam": {
+        "betas",
+        "amsgrad",
+        "decoupled_weight_decay",
+        "maximize",
+        "foreach",
+        "capturable",
+        "differentiable",
+        "fused",
+    },
     "AdamW": {"betas", "amsgrad", "maximize", "foreach", "capturable", "differentiable", "fused"},
-    "RMSprop": {"alpha", "momentum", "centered", "maximize", "foreach", "capturable",
-                "differentiable"},
+    "RMSprop": {"alpha", "momentum", "centered", "maximize", "foreach", "capturable", "differentiable"},
     "Adagrad": {"lr_decay", "maximize", "foreach", "differentiable", "fused"},
 }
 
@@ -157,16 +164,13 @@ def map_param_group(
     {'lr': 0.002, 'eps': 5e-09, 'weight_decay': 0.0}
     """
     if optimizer not in DEFAULTS:
-        raise NoExactMapError(
-            f"no map derived for torch.optim.{optimizer}; supported: {sorted(DEFAULTS)}."
-        )
+        raise NoExactMapError(f"no map derived for torch.optim.{optimizer}; supported: {sorted(DEFAULTS)}.")
     s = scale(keep_prob, direction)
     known = set(DEFAULTS[optimizer]) | {"lr"} | _UNCHANGED[optimizer]
     unknown = set(hyperparameters) - known
     if unknown:
         raise NoExactMapError(
-            f"no map derived for torch.optim.{optimizer}'s {sorted(unknown)}; "
-            f"known: {sorted(known)}."
+            f"no map derived for torch.optim.{optimizer}'s {sorted(unknown)}; known: {sorted(known)}."
         )
     hp = {**DEFAULTS[optimizer], **dict(hyperparameters)}
     if "lr" not in hp:

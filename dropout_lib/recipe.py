@@ -30,7 +30,12 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
-    "KEEP_PROBS", "Row", "rows", "table_markdown", "torch_table_markdown", "rescaling_bound",
+    "KEEP_PROBS",
+    "Row",
+    "rows",
+    "table_markdown",
+    "torch_table_markdown",
+    "rescaling_bound",
     "paper_dropout",
 ]
 
@@ -56,8 +61,9 @@ class Row:
 
 
 def _lr(opt: Any) -> float:
-    return float(opt.learning_rate.numpy()) if hasattr(opt.learning_rate, "numpy") else float(
-        opt.learning_rate)
+    return (
+        float(opt.learning_rate.numpy()) if hasattr(opt.learning_rate, "numpy") else float(opt.learning_rate)
+    )
 
 
 def _specs() -> list[tuple[str, str, float | None, Callable[[float, float, str], Any], str]]:
@@ -72,12 +78,10 @@ def _specs() -> list[tuple[str, str, float | None, Callable[[float, float, str],
         return lambda v, p, d: read(mapping.map_optimizer(make(v), p, d))
 
     def init(v, p, d):
-        return conversion.map_initializer(
-            keras.initializers.RandomNormal(stddev=v), p, d).factor * v
+        return conversion.map_initializer(keras.initializers.RandomNormal(stddev=v), p, d).factor * v
 
     def variance_scaling(v, p, d):
-        return conversion.map_initializer(
-            keras.initializers.VarianceScaling(scale=v), p, d).factor ** 2 * v
+        return conversion.map_initializer(keras.initializers.VarianceScaling(scale=v), p, d).factor ** 2 * v
 
     def unchanged(v, p, d):
         seen = [float(o.momentum) for o in (mapping.map_optimizer(O.SGD(0.1, momentum=v), p, d),)]
@@ -99,45 +103,120 @@ def _specs() -> list[tuple[str, str, float | None, Callable[[float, float, str],
         conversion.dropout_consumers(keras.Model(inp, out))  # raises
 
     return [
-        ("weights (same function, train and test)", _CONSUMING, 1.0,
-         lambda v, p, d: mapping.kernel_scale(p, d) * v, "biases unchanged"),
-        ("initialiser scale: `stddev`, uniform `limit`", _CONSUMING, 0.05, init,
-         "`map_initializer`"),
-        ("`VarianceScaling(scale)` (He: 2)", _CONSUMING, 2.0, variance_scaling,
-         "the variance scales by the square"),
-        ("SGD `learning_rate` (momentum, Nesterov)", _CONSUMING, 0.1,
-         opt_attr(lambda v: O.SGD(v, momentum=0.9, nesterov=True), _lr), ""),
-        ("SGD `weight_decay` (Keras: decoupled)", _CONSUMING, 5e-4,
-         opt_attr(lambda v: O.SGD(0.1, weight_decay=v), lambda o: float(o.weight_decay)), ""),
-        ("Adam, AdamW `learning_rate`", _CONSUMING, 1e-3,
-         opt_attr(lambda v: O.Adam(v), _lr), ""),
-        ("Adam, AdamW `epsilon` (outside the root)", _CONSUMING, 1e-7,
-         opt_attr(lambda v: O.Adam(1e-3, epsilon=v), lambda o: float(o.epsilon)), ""),
-        ("Adam, AdamW `weight_decay` (decoupled)", _CONSUMING, 4e-3,
-         opt_attr(lambda v: O.AdamW(1e-3, weight_decay=v), lambda o: float(o.weight_decay)), ""),
+        (
+            "weights (same function, train and test)",
+            _CONSUMING,
+            1.0,
+            lambda v, p, d: mapping.kernel_scale(p, d) * v,
+            "biases unchanged",
+        ),
+        ("initialiser scale: `stddev`, uniform `limit`", _CONSUMING, 0.05, init, "`map_initializer`"),
+        (
+            "`VarianceScaling(scale)` (He: 2)",
+            _CONSUMING,
+            2.0,
+            variance_scaling,
+            "the variance scales by the square",
+        ),
+        (
+            "SGD `learning_rate` (momentum, Nesterov)",
+            _CONSUMING,
+            0.1,
+            opt_attr(lambda v: O.SGD(v, momentum=0.9, nesterov=True), _lr),
+            "",
+        ),
+        (
+            "SGD `weight_decay` (Keras: decoupled)",
+            _CONSUMING,
+            5e-4,
+            opt_attr(lambda v: O.SGD(0.1, weight_decay=v), lambda o: float(o.weight_decay)),
+            "",
+        ),
+        ("Adam, AdamW `learning_rate`", _CONSUMING, 1e-3, opt_attr(lambda v: O.Adam(v), _lr), ""),
+        (
+            "Adam, AdamW `epsilon` (outside the root)",
+            _CONSUMING,
+            1e-7,
+            opt_attr(lambda v: O.Adam(1e-3, epsilon=v), lambda o: float(o.epsilon)),
+            "",
+        ),
+        (
+            "Adam, AdamW `weight_decay` (decoupled)",
+            _CONSUMING,
+            4e-3,
+            opt_attr(lambda v: O.AdamW(1e-3, weight_decay=v), lambda o: float(o.weight_decay)),
+            "",
+        ),
         ("RMSprop `learning_rate`", _CONSUMING, 1e-3, opt_attr(lambda v: O.RMSprop(v), _lr), ""),
-        ("RMSprop `epsilon` (inside the root)", _CONSUMING, 1e-7,
-         opt_attr(lambda v: O.RMSprop(1e-3, epsilon=v), lambda o: float(o.epsilon)), ""),
+        (
+            "RMSprop `epsilon` (inside the root)",
+            _CONSUMING,
+            1e-7,
+            opt_attr(lambda v: O.RMSprop(1e-3, epsilon=v), lambda o: float(o.epsilon)),
+            "",
+        ),
         ("Adagrad `learning_rate`", _CONSUMING, 1e-3, opt_attr(lambda v: O.Adagrad(v), _lr), ""),
-        ("Adagrad `epsilon` (inside the root)", _CONSUMING, 1e-7,
-         opt_attr(lambda v: O.Adagrad(1e-3, epsilon=v), lambda o: float(o.epsilon)), ""),
-        ("Adagrad `initial_accumulator_value` (Keras default 0.1)", _CONSUMING, 0.1,
-         opt_attr(lambda v: O.Adagrad(1e-3, initial_accumulator_value=v),
-                  lambda o: float(o.initial_accumulator_value)), "map the default too"),
+        (
+            "Adagrad `epsilon` (inside the root)",
+            _CONSUMING,
+            1e-7,
+            opt_attr(lambda v: O.Adagrad(1e-3, epsilon=v), lambda o: float(o.epsilon)),
+            "",
+        ),
+        (
+            "Adagrad `initial_accumulator_value` (Keras default 0.1)",
+            _CONSUMING,
+            0.1,
+            opt_attr(
+                lambda v: O.Adagrad(1e-3, initial_accumulator_value=v),
+                lambda o: float(o.initial_accumulator_value),
+            ),
+            "map the default too",
+        ),
         ("L2 penalty `L2(l2)`", _CONSUMING, 1e-4, conversion.map_l2, ""),
         ("L1 penalty `L1(l1)`", _CONSUMING, 1e-5, conversion.map_l1, ""),
-        ("max-norm radius $c$", _CONSUMING, 3.0, conversion.map_max_norm,
-         "`EquivariantMaxNorm`; Keras's `MaxNorm` is refused (its built-in epsilon)"),
-        ("`clipnorm` (per tensor)", _CONSUMING, 1.0,
-         opt_attr(lambda v: O.SGD(0.1, clipnorm=v), lambda o: float(o.clipnorm)), ""),
-        ("`clipvalue` (per entry)", _CONSUMING, 0.5,
-         opt_attr(lambda v: O.SGD(0.1, clipvalue=v), lambda o: float(o.clipvalue)), ""),
-        ("`momentum`, `beta_1`, `beta_2`, `rho`", "all", 0.9, unchanged,
-         "so are biases and kernels not behind a dropout"),
-        ("`global_clipnorm`", "all", 1.0, global_clip,
-         "no consumer-side map (`NoExactMapError`); use `clipnorm`"),
-        ("a kernel shared by a dropped and an undropped input", "that kernel", None, shared,
-         "no map (`NotConvertibleError`)"),
+        (
+            "max-norm radius $c$",
+            _CONSUMING,
+            3.0,
+            conversion.map_max_norm,
+            "`EquivariantMaxNorm`; Keras's `MaxNorm` is refused (its built-in epsilon)",
+        ),
+        (
+            "`clipnorm` (per tensor)",
+            _CONSUMING,
+            1.0,
+            opt_attr(lambda v: O.SGD(0.1, clipnorm=v), lambda o: float(o.clipnorm)),
+            "",
+        ),
+        (
+            "`clipvalue` (per entry)",
+            _CONSUMING,
+            0.5,
+            opt_attr(lambda v: O.SGD(0.1, clipvalue=v), lambda o: float(o.clipvalue)),
+            "",
+        ),
+        (
+            "`momentum`, `beta_1`, `beta_2`, `rho`",
+            "all",
+            0.9,
+            unchanged,
+            "so are biases and kernels not behind a dropout",
+        ),
+        (
+            "`global_clipnorm`",
+            "all",
+            1.0,
+            global_clip,
+            "no consumer-side map (`NoExactMapError`); use `clipnorm`",
+        ),
+        (
+            "a kernel shared by a dropped and an undropped input",
+            "that kernel",
+            None,
+            shared,
+            "no map (`NotConvertibleError`)",
+        ),
     ]
 
 
@@ -162,6 +241,7 @@ def rows(direction: str, keep_probs: Sequence[float] = KEEP_PROBS) -> list[Row]:
 def _rows(direction: str, keep_probs: tuple[float, ...]) -> tuple[Row, ...]:
     from dropout_lib.conversion import NotConvertibleError
     from dropout_lib.mapping import NoExactMapError
+
     out = []
     for what, where, example, fn, note in _specs():
         try:
@@ -195,41 +275,93 @@ def _factor(j: int | None) -> str:
 def table_markdown(direction: str, keep_probs: Sequence[float] = KEEP_PROBS) -> str:
     """The recipe table for ``direction`` as MyST markdown (what ``recipe.md`` holds)."""
     src, dst = ("paper", "Keras") if direction == "to_inverted" else ("Keras", "paper")
-    head = (f"| hyperparameter | on | multiply by | {src} value | "
-            + " | ".join(f"{dst}, $p = {p:g}$" for p in keep_probs) + " | note |")
+    head = (
+        f"| hyperparameter | on | multiply by | {src} value | "
+        + " | ".join(f"{dst}, $p = {p:g}$" for p in keep_probs)
+        + " | note |"
+    )
     lines = [head, "|" + " --- |" * (5 + len(keep_probs))]
     for r in rows(direction, keep_probs):
-        cells = [r.what, r.where, _factor(r.power), _fmt(r.example) if r.example is not None
-                 else "", *(_fmt(m) if r.power is not None else "none" for m in r.mapped), r.note]
+        cells = [
+            r.what,
+            r.where,
+            _factor(r.power),
+            _fmt(r.example) if r.example is not None else "",
+            *(_fmt(m) if r.power is not None else "none" for m in r.mapped),
+            r.note,
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 # PyTorch: (argument, torch.optim class, key, example keyword arguments, Keras row it corresponds to)
 _TORCH = [
-    ("`SGD(lr)` (momentum, dampening, Nesterov)", "SGD", "lr", {"lr": 0.1, "momentum": 0.9},
-     "SGD `learning_rate` (momentum, Nesterov)"),
-    ("`SGD(weight_decay)` (coupled: L2 in the gradient)", "SGD", "weight_decay",
-     {"lr": 0.1, "weight_decay": 5e-4}, "SGD `weight_decay` (Keras: decoupled)"),
+    (
+        "`SGD(lr)` (momentum, dampening, Nesterov)",
+        "SGD",
+        "lr",
+        {"lr": 0.1, "momentum": 0.9},
+        "SGD `learning_rate` (momentum, Nesterov)",
+    ),
+    (
+        "`SGD(weight_decay)` (coupled: L2 in the gradient)",
+        "SGD",
+        "weight_decay",
+        {"lr": 0.1, "weight_decay": 5e-4},
+        "SGD `weight_decay` (Keras: decoupled)",
+    ),
     ("`Adam(lr)`, `AdamW(lr)`", "Adam", "lr", {"lr": 1e-3}, "Adam, AdamW `learning_rate`"),
-    ("`Adam(eps)`, `AdamW(eps)` (outside the root)", "Adam", "eps", {"eps": 1e-8},
-     "Adam, AdamW `epsilon` (outside the root)"),
-    ("`Adam(weight_decay)` (coupled)", "Adam", "weight_decay", {"weight_decay": 1e-4},
-     "Adam, AdamW `weight_decay` (decoupled)"),
-    ("`AdamW(weight_decay)` (decoupled, default 0.01)", "AdamW", "weight_decay", {},
-     "Adam, AdamW `weight_decay` (decoupled)"),
+    (
+        "`Adam(eps)`, `AdamW(eps)` (outside the root)",
+        "Adam",
+        "eps",
+        {"eps": 1e-8},
+        "Adam, AdamW `epsilon` (outside the root)",
+    ),
+    (
+        "`Adam(weight_decay)` (coupled)",
+        "Adam",
+        "weight_decay",
+        {"weight_decay": 1e-4},
+        "Adam, AdamW `weight_decay` (decoupled)",
+    ),
+    (
+        "`AdamW(weight_decay)` (decoupled, default 0.01)",
+        "AdamW",
+        "weight_decay",
+        {},
+        "Adam, AdamW `weight_decay` (decoupled)",
+    ),
     ("`RMSprop(lr)`", "RMSprop", "lr", {"lr": 1e-2}, "RMSprop `learning_rate`"),
-    ("`RMSprop(eps)` (outside the root)", "RMSprop", "eps", {"eps": 1e-8},
-     "RMSprop `epsilon` (inside the root)"),
-    ("`Adagrad(lr)` (`lr_decay` unchanged)", "Adagrad", "lr", {"lr": 1e-2},
-     "Adagrad `learning_rate`"),
-    ("`Adagrad(eps)` (outside the root)", "Adagrad", "eps", {"eps": 1e-10},
-     "Adagrad `epsilon` (inside the root)"),
-    ("`Adagrad(initial_accumulator_value)`", "Adagrad", "initial_accumulator_value",
-     {"initial_accumulator_value": 0.1},
-     "Adagrad `initial_accumulator_value` (Keras default 0.1)"),
-    ("`RMSprop`, `Adagrad` `weight_decay` (coupled)", "RMSprop", "weight_decay",
-     {"weight_decay": 1e-4}, None),
+    (
+        "`RMSprop(eps)` (outside the root)",
+        "RMSprop",
+        "eps",
+        {"eps": 1e-8},
+        "RMSprop `epsilon` (inside the root)",
+    ),
+    ("`Adagrad(lr)` (`lr_decay` unchanged)", "Adagrad", "lr", {"lr": 1e-2}, "Adagrad `learning_rate`"),
+    (
+        "`Adagrad(eps)` (outside the root)",
+        "Adagrad",
+        "eps",
+        {"eps": 1e-10},
+        "Adagrad `epsilon` (inside the root)",
+    ),
+    (
+        "`Adagrad(initial_accumulator_value)`",
+        "Adagrad",
+        "initial_accumulator_value",
+        {"initial_accumulator_value": 0.1},
+        "Adagrad `initial_accumulator_value` (Keras default 0.1)",
+    ),
+    (
+        "`RMSprop`, `Adagrad` `weight_decay` (coupled)",
+        "RMSprop",
+        "weight_decay",
+        {"weight_decay": 1e-4},
+        None,
+    ),
 ]
 
 
@@ -242,8 +374,10 @@ def torch_table_markdown(keep_probs: Sequence[float] = KEEP_PROBS) -> str:
     from dropout_lib import pytorch
 
     keras_power = {r.what: r.power for r in rows("to_inverted", keep_probs)}
-    head = ("| PyTorch argument (consuming kernels' parameter group) | paper $\\to$ PyTorch "
-            "| PyTorch $\\to$ paper | Keras's map, paper $\\to$ Keras |")
+    head = (
+        "| PyTorch argument (consuming kernels' parameter group) | paper $\\to$ PyTorch "
+        "| PyTorch $\\to$ paper | Keras's map, paper $\\to$ Keras |"
+    )
     lines = [head, "| --- | --- | --- | --- |"]
     for label, opt, key, hp, keras_row in _TORCH:
         powers = []

@@ -120,8 +120,6 @@ _SPATIAL = (_L.SpatialDropout1D, _L.SpatialDropout2D, _L.SpatialDropout3D)
 _INVERTED = (_L.Dropout,) + _SPATIAL
 
 
-
-
 def _check_model(model: Any) -> keras.Model:
     if not isinstance(model, keras.Model):
         raise TypeError(f"model must be a keras.Model; got {type(model).__name__}.")
@@ -133,8 +131,7 @@ def _check_model(model: Any) -> keras.Model:
         )
     if not model.built:
         raise ValueError(
-            f"model {model.name!r} is not built; give it a keras.Input (or call it "
-            "on data) first."
+            f"model {model.name!r} is not built; give it a keras.Input (or call it on data) first."
         )
     return model
 
@@ -190,9 +187,7 @@ def spatial_noise_shape(layer: keras.layers.Layer) -> tuple[int | None, ...]:
     (None, 1, 1, None)
     """
     if not isinstance(layer, _SPATIAL):
-        raise TypeError(
-            f"layer must be a SpatialDropout1D/2D/3D; got {type(layer).__name__}."
-        )
+        raise TypeError(f"layer must be a SpatialDropout1D/2D/3D; got {type(layer).__name__}.")
     if isinstance(layer, _L.SpatialDropout1D):
         return (None, 1, None)
     n = 2 if isinstance(layer, _L.SpatialDropout2D) else 3
@@ -208,8 +203,7 @@ def _swap(layer: keras.layers.Layer, variant: Variant) -> keras.layers.Layer:
         noise_shape: Sequence[int | None] | None = spatial_noise_shape(layer)
     else:
         noise_shape = layer.noise_shape
-    kwargs = dict(noise_shape=noise_shape, seed=layer.seed, dtype=layer.dtype_policy,
-                  name=layer.name)
+    kwargs = dict(noise_shape=noise_shape, seed=layer.seed, dtype=layer.dtype_policy, name=layer.name)
     if variant == "standard":
         return StandardDropout(rate, **kwargs)
     return _L.Dropout(rate, **kwargs)
@@ -258,9 +252,7 @@ def share_masks(source: keras.Model, target: keras.Model) -> None:
         gen_a = getattr(a, "seed_generator", None)
         gen_b = getattr(b, "seed_generator", None)
         if (gen_a is None) != (gen_b is None):
-            raise ValueError(
-                f"dropout {a.name!r} and {b.name!r}: only one has a seed generator."
-            )
+            raise ValueError(f"dropout {a.name!r} and {b.name!r}: only one has a seed generator.")
         if gen_a is not None:
             gen_b.state.assign(gen_a.state.value)
 
@@ -369,9 +361,7 @@ def twin(model: keras.Model, variant: Variant) -> keras.Model:
     return _clone(model, variant, {})
 
 
-def _clone(
-    model: keras.Model, variant: Variant, mapped: dict[int, dict[str, Any]]
-) -> keras.Model:
+def _clone(model: keras.Model, variant: Variant, mapped: dict[int, dict[str, Any]]) -> keras.Model:
     """Clone with dropouts swapped; layers in ``mapped`` (by id) get those attributes set.
 
     The mapped objects are set on the new layer before it is built, not passed
@@ -403,9 +393,7 @@ _KERNEL_PREFIX = {
 }
 
 
-def _mapped_hyperparameters(
-    consumers: Sequence[Consumer], direction: Direction
-) -> dict[int, dict[str, Any]]:
+def _mapped_hyperparameters(consumers: Sequence[Consumer], direction: Direction) -> dict[int, dict[str, Any]]:
     """Each consuming layer's kernel regulariser, constraint and initialiser, mapped (by layer id)."""
     mapped: dict[int, dict[str, Any]] = {}
     for consumer in consumers:
@@ -426,8 +414,7 @@ def _mapped_hyperparameters(
                 attributes[key] = mapper(source, p, direction)
             except NoExactMapError as error:
                 raise NotConvertibleError(
-                    f"layer {layer.name!r} ({type(layer).__name__}): its {key} has no exact "
-                    f"map: {error}"
+                    f"layer {layer.name!r} ({type(layer).__name__}): its {key} has no exact map: {error}"
                 ) from error
         mapped[id(layer)] = attributes
     return mapped
@@ -848,9 +835,7 @@ def compare_twins(
     """
     integer = isinstance(training_calls, int) and not isinstance(training_calls, bool)
     if not integer or training_calls < 0:
-        raise ValueError(
-            f"training_calls must be a non-negative integer; got {training_calls!r}."
-        )
+        raise ValueError(f"training_calls must be a non-negative integer; got {training_calls!r}.")
     x = np.asarray(x)
     training, bitwise = [], True
     for _ in range(training_calls):
@@ -908,6 +893,4 @@ def compare_mlp_twins(
     y_inv = mlp.predict(params_inv, x, variant="inverted", **kw)
     y_std = mlp.predict(params_std, x, variant="standard", **kw)
     bitwise = bool(np.array_equal(z_std, z_inv) and np.array_equal(y_std, y_inv))
-    return TwinComparison(
-        (relative_difference(z_std, z_inv),), relative_difference(y_std, y_inv), bitwise
-    )
+    return TwinComparison((relative_difference(z_std, z_inv),), relative_difference(y_std, y_inv), bitwise)

@@ -18,7 +18,7 @@ from dropout_lib.exact import adaptive, compare, mlp
 from dropout_lib.exact.optimizers import SGD, Adagrad, Adam, RMSprop
 
 SIZES = (5, 7, 3)
-KEEP = (0.9, 0.7)   # neither a power of two: nothing is exact by luck
+KEEP = (0.9, 0.7)  # neither a power of two: nothing is exact by luck
 STEPS = 40
 # float64, ~10 operations per weight per step, 40 steps: observed <= 1e-15.
 TOL = 1e-12
@@ -40,7 +40,7 @@ CASES = [
 ]
 IDS = [f"{c.__name__}-{f}-{'-'.join(kw) or 'plain'}" for c, f, kw in CASES]
 LR = {Adam: 0.01, RMSprop: 0.01, Adagrad: 0.1}
-EPS = {"outside": 1e-2, "inside": 1e-3}   # comparable to sqrt(v), resp. v: a wrong map shows
+EPS = {"outside": 1e-2, "inside": 1e-3}  # comparable to sqrt(v), resp. v: a wrong map shows
 
 
 def run(cls, form, kw, *, params=PARAMS, keep=KEEP, masks=MASKS, steps=STEPS, **powers):
@@ -48,10 +48,16 @@ def run(cls, form, kw, *, params=PARAMS, keep=KEEP, masks=MASKS, steps=STEPS, **
     g0 = {k: v for k, v in kw.items() if k == "initial_accumulator_value"}
     rest = {k: v for k, v in kw.items() if k != "initial_accumulator_value"}
     return compare.compare_training(
-        params, BATCHES, masks, keep_probs=keep, steps=steps,
+        params,
+        BATCHES,
+        masks,
+        keep_probs=keep,
+        steps=steps,
         optimizer_inverted=cls(LR[cls], eps=eps, form=form, **kw),
         optimizer_standard=adaptive.standard_optimizer(
-            cls, params, keep, lr=LR[cls], eps=eps, form=form, **g0, **rest, **powers))
+            cls, params, keep, lr=LR[cls], eps=eps, form=form, **g0, **rest, **powers
+        ),
+    )
 
 
 @pytest.mark.parametrize("cls, form, kw", CASES, ids=IDS)
@@ -69,11 +75,14 @@ def test_map_reproduces_trajectory_and_state(cls, form, kw):
 
 
 @pytest.mark.parametrize("cls, form, kw", CASES, ids=IDS)
-@pytest.mark.parametrize("control", [
-    dict(lr_power=0.0, eps_power=0.0, accumulator_power=0.0),   # same hyperparameters
-    dict(eps_power=0.0),                                          # epsilon unmapped
-    dict(lr_power=-2.0),                                          # SGD's map
-])
+@pytest.mark.parametrize(
+    "control",
+    [
+        dict(lr_power=0.0, eps_power=0.0, accumulator_power=0.0),  # same hyperparameters
+        dict(eps_power=0.0),  # epsilon unmapped
+        dict(lr_power=-2.0),  # SGD's map
+    ],
+)
 def test_wrong_maps_diverge(cls, form, kw, control):
     result = run(cls, form, kw, steps=10, **control)
     assert result.final > 1e-4, f"a wrong map stayed within {result.final:.1e}"
@@ -103,14 +112,21 @@ def test_map_holds_for_random_keep_probs(p1, p2, case):
 
 def test_epsilon_power_and_hyperparameters():
     assert [adaptive.epsilon_power(c, f) for c, f, _ in CASES[:2] + CASES[3:5] + CASES[6:8]] == [
-        1, 1, 2, 1, 2, 1]
+        1,
+        1,
+        2,
+        1,
+        2,
+        1,
+    ]
     assert adaptive.epsilon_power("RMSprop") == 2
     opt = adaptive.standard_optimizer(Adagrad, PARAMS, KEEP, lr=0.1, eps=1e-3)
     p1, p2 = KEEP
     assert opt.lr == pytest.approx({"W1": 0.1 / p1, "b1": 0.1, "W2": 0.1 / p2, "b2": 0.1})
     assert opt.eps == pytest.approx({"W1": 1e-3 * p1**2, "b1": 1e-3, "W2": 1e-3 * p2**2, "b2": 1e-3})
     assert opt.initial_accumulator_value == pytest.approx(
-        {"W1": 0.1 * p1**2, "b1": 0.1, "W2": 0.1 * p2**2, "b2": 0.1})
+        {"W1": 0.1 * p1**2, "b1": 0.1, "W2": 0.1 * p2**2, "b2": 0.1}
+    )
     opt = adaptive.standard_optimizer(Adam, PARAMS, KEEP, lr=0.1, eps=1e-3, beta_1=0.5)
     assert opt.eps["W2"] == pytest.approx(1e-3 * p2) and opt.beta_1 == 0.5
 
@@ -132,8 +148,7 @@ def test_bad_arguments_raise():
     with pytest.raises(ValueError, match="form must be"):
         adaptive.epsilon_power(Adam, "pytorch")
     with pytest.raises(ValueError, match="Adagrad hyperparameter"):
-        adaptive.standard_optimizer(Adam, PARAMS, KEEP, lr=0.1, eps=1e-3,
-                                    initial_accumulator_value=0.1)
+        adaptive.standard_optimizer(Adam, PARAMS, KEEP, lr=0.1, eps=1e-3, initial_accumulator_value=0.1)
     with pytest.raises(ValueError, match="must be a class"):
         adaptive.standard_optimizer("Adam", PARAMS, KEEP, lr=0.1, eps=1e-3)
     with pytest.raises(ValueError, match="has no state"):
@@ -144,9 +159,9 @@ def test_epsilon_ratio():
     opt = Adagrad(0.1, eps=0.5, initial_accumulator_value=2.0)
     params = {"w": np.zeros(2)}
     opt.step(params, {"w": np.array([0.0, 1.0])})
-    assert np.allclose(adaptive.epsilon_ratio(opt)["w"], [0.25, 0.5 / 3])   # inside: eps / G
+    assert np.allclose(adaptive.epsilon_ratio(opt)["w"], [0.25, 0.5 / 3])  # inside: eps / G
     opt = Adam(0.1, eps=0.5, form="paper", beta_2=0.75)
-    opt.step(params, {"w": np.array([0.0, 2.0])})   # v = 0.25 * 4 = 1, v_hat = 4
+    opt.step(params, {"w": np.array([0.0, 2.0])})  # v = 0.25 * 4 = 1, v_hat = 4
     ratio = adaptive.epsilon_ratio(opt)["w"]
     assert ratio[0] == np.inf and ratio[1] == pytest.approx(0.25)
     with pytest.raises(ValueError, match="no step"):
@@ -156,16 +171,29 @@ def test_epsilon_ratio():
 def test_compare_runs_matches_compare_training():
     cls, form, kw = CASES[3]
     runs = adaptive.compare_runs(
-        PARAMS, BATCHES, MASKS, keep_probs=KEEP, steps=10,
+        PARAMS,
+        BATCHES,
+        MASKS,
+        keep_probs=KEEP,
+        steps=10,
         optimizer_inverted=cls(LR[cls], eps=1e-3, form=form),
         optimizers_standard={
             "mapped": adaptive.standard_optimizer(cls, PARAMS, KEEP, lr=LR[cls], eps=1e-3),
-            "same": cls(LR[cls], eps=1e-3, form=form)})
+            "same": cls(LR[cls], eps=1e-3, form=form),
+        },
+    )
     single = run(cls, form, kw, steps=10)
     assert np.array_equal(runs["mapped"].gaps, single.gaps)
     assert runs["mapped"].inverted is runs["same"].inverted
     assert runs["same"].final > 1e-4
     with pytest.raises(ValueError, match="fresh optimizer"):
         opt = cls(0.1)
-        adaptive.compare_runs(PARAMS, BATCHES, MASKS, keep_probs=KEEP, steps=1,
-                              optimizer_inverted=opt, optimizers_standard={"a": opt})
+        adaptive.compare_runs(
+            PARAMS,
+            BATCHES,
+            MASKS,
+            keep_probs=KEEP,
+            steps=1,
+            optimizer_inverted=opt,
+            optimizers_standard={"a": opt},
+        )

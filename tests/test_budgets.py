@@ -22,7 +22,9 @@ def test_chapter_within_budget(path):
     b = budget.measure(path)
     assert b.words <= budget.WORDS_PER_CHAPTER, f"{path.name}: {b.words} words of main text"
     assert b.code_lines <= budget.CODE_LINES_PER_CHAPTER, f"{path.name}: {b.code_lines} visible code lines"
-    assert b.longest_cell <= budget.CODE_LINES_PER_CELL, f"{path.name}: a visible cell of {b.longest_cell} lines"
+    assert b.longest_cell <= budget.CODE_LINES_PER_CELL, (
+        f"{path.name}: a visible cell of {b.longest_cell} lines"
+    )
 
 
 def test_intro_is_short():

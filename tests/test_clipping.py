@@ -26,8 +26,7 @@ KP = (0.8, 1.0, 0.6)  # no power of 2, so nothing is exact by luck
 STEPS = 200
 _rng = np.random.default_rng(6)
 P0 = mlp.init_params(SIZES, _rng, bias_scale=0.1)
-BATCHES = [(_rng.normal(size=(BATCH, SIZES[0])), _rng.normal(size=(BATCH, SIZES[-1])))
-           for _ in range(4)]
+BATCHES = [(_rng.normal(size=(BATCH, SIZES[0])), _rng.normal(size=(BATCH, SIZES[-1]))) for _ in range(4)]
 MASKS = [mlp.sample_masks(SIZES, KP, BATCH, _rng) for _ in range(STEPS)]
 # Exact maps leave float64 rounding only (observed ~1e-15 over these runs); a
 # wrong map is off by >= 1e-2. As in test_optimizers.
@@ -60,13 +59,28 @@ def test_clip_by_norm_is_homogeneous_to_rounding(g, c, s):
     assert np.allclose(a, b, rtol=1e-14, atol=1e-300)
 
 
-@pytest.mark.parametrize("rule, kwargs", [("norm", {"clipnorm": 0.3}),
-                                          ("global_norm", {"global_clipnorm": 0.3})])
+@pytest.mark.parametrize(
+    "rule, kwargs", [("norm", {"clipnorm": 0.3}), ("global_norm", {"global_clipnorm": 0.3})]
+)
 def test_norm_rules_equal_the_optimizers_own_clipping(rule, kwargs):
-    wrapped = train(P0, BATCHES, MASKS, variant="inverted", keep_probs=KP, steps=20,
-                    optimizer=Clipped(SGD(0.1, momentum=0.9), rule, 0.3))
-    own = train(P0, BATCHES, MASKS, variant="inverted", keep_probs=KP, steps=20,
-                optimizer=SGD(0.1, momentum=0.9, **kwargs))
+    wrapped = train(
+        P0,
+        BATCHES,
+        MASKS,
+        variant="inverted",
+        keep_probs=KP,
+        steps=20,
+        optimizer=Clipped(SGD(0.1, momentum=0.9), rule, 0.3),
+    )
+    own = train(
+        P0,
+        BATCHES,
+        MASKS,
+        variant="inverted",
+        keep_probs=KP,
+        steps=20,
+        optimizer=SGD(0.1, momentum=0.9, **kwargs),
+    )
     for n in P0:
         assert np.array_equal(wrapped.params[n], own.params[n]), n
 
@@ -84,10 +98,14 @@ def test_activity_is_recorded():
 
 def _gap(rule, threshold_std, threshold_inv=0.1, opt=lambda lr: SGD(lr, momentum=0.9)):
     comp = compare.compare_training(
-        P0, BATCHES, MASKS, keep_probs=KP, steps=STEPS,
+        P0,
+        BATCHES,
+        MASKS,
+        keep_probs=KP,
+        steps=STEPS,
         optimizer_inverted=Clipped(opt(0.05), rule, threshold_inv),
-        optimizer_standard=Clipped(opt(mlp.per_parameter(0.05, P0, KP, -2)), rule,
-                                   threshold_std))
+        optimizer_standard=Clipped(opt(mlp.per_parameter(0.05, P0, KP, -2)), rule, threshold_std),
+    )
     return comp, comp.optimizer_inverted.active_fraction()
 
 
@@ -111,10 +129,16 @@ def test_global_norm_has_no_threshold_map():
 def test_adam_with_per_tensor_clipping_maps():
     kp_lr = mlp.per_parameter(0.01, P0, KP, -1)
     comp = compare.compare_training(
-        P0, BATCHES, MASKS, keep_probs=KP, steps=STEPS,
+        P0,
+        BATCHES,
+        MASKS,
+        keep_probs=KP,
+        steps=STEPS,
         optimizer_inverted=Clipped(Adam(0.01, eps=1e-3), "value", 0.05),
-        optimizer_standard=Clipped(Adam(kp_lr, eps=mlp.per_parameter(1e-3, P0, KP, 1)), "value",
-                                   mlp.per_parameter(0.05, P0, KP, 1)))
+        optimizer_standard=Clipped(
+            Adam(kp_lr, eps=mlp.per_parameter(1e-3, P0, KP, 1)), "value", mlp.per_parameter(0.05, P0, KP, 1)
+        ),
+    )
     assert comp.worst < MAP_TOL
 
 

@@ -19,10 +19,10 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from hypothesis.extra import numpy as hnp  # noqa: E402
-import tensorflow as tf  # noqa: E402
 from keras import layers as L  # noqa: E402
 from keras import ops  # noqa: E402
 
@@ -42,26 +42,31 @@ pytestmark = [
 _rng = np.random.default_rng(7)
 
 
-
-
 def drop(variant: str, rate: float, seed: int, **kw):
     """``rate`` is Keras's drop probability, keep_prob = 1 - rate."""
     return (L.Dropout if variant == "inverted" else StandardDropout)(rate, seed=seed, **kw)
 
 
 def _init(seed: int):
-    return dict(kernel_initializer=keras.initializers.GlorotUniform(seed),
-                bias_initializer=keras.initializers.RandomNormal(stddev=0.1, seed=seed + 100))
+    return dict(
+        kernel_initializer=keras.initializers.GlorotUniform(seed),
+        bias_initializer=keras.initializers.RandomNormal(stddev=0.1, seed=seed + 100),
+    )
 
 
 # ------------------------------------------------------------ architectures
 
 
 def mlp(v):
-    return keras.Sequential([
-        keras.Input((6,)), drop(v, 0.2, 1), L.Dense(8, activation="relu", **_init(1)),
-        drop(v, 0.5, 2), L.Dense(3, **_init(2)),
-    ])
+    return keras.Sequential(
+        [
+            keras.Input((6,)),
+            drop(v, 0.2, 1),
+            L.Dense(8, activation="relu", **_init(1)),
+            drop(v, 0.5, 2),
+            L.Dense(3, **_init(2)),
+        ]
+    )
 
 
 def cnn(v):
@@ -80,37 +85,46 @@ def separable_depthwise_transpose(v):
     x = keras.Input((8, 8, 2))
     h = drop(v, 0.25, 5)(x)
     h = L.SeparableConv2D(
-        4, 3, activation="relu",
+        4,
+        3,
+        activation="relu",
         depthwise_initializer=keras.initializers.GlorotUniform(6),
         pointwise_initializer=keras.initializers.GlorotUniform(60),
-        bias_initializer=keras.initializers.RandomNormal(stddev=0.1, seed=106))(h)
+        bias_initializer=keras.initializers.RandomNormal(stddev=0.1, seed=106),
+    )(h)
     h = drop(v, 0.4, 6)(h)
     h = L.UpSampling2D()(h)
     h = L.DepthwiseConv2D(
-        3, activation="relu", depthwise_initializer=keras.initializers.GlorotUniform(7),
-        bias_initializer=keras.initializers.RandomNormal(stddev=0.1, seed=107))(h)
+        3,
+        activation="relu",
+        depthwise_initializer=keras.initializers.GlorotUniform(7),
+        bias_initializer=keras.initializers.RandomNormal(stddev=0.1, seed=107),
+    )(h)
     h = drop(v, 0.1, 7)(h)
     h = L.Conv2DTranspose(2, 3, **_init(8))(h)
     h = L.GlobalAveragePooling2D()(h)
     h = drop(v, 0.3, 8)(h)
-    return keras.Model(x, L.EinsumDense("ab,bc->ac", output_shape=3, bias_axes="c",
-                                        **_init(9))(h))
+    return keras.Model(x, L.EinsumDense("ab,bc->ac", output_shape=3, bias_axes="c", **_init(9))(h))
 
 
 def merges_and_chains(v):
     x = keras.Input((6,))
     a = drop(v, 0.4, 9)(L.Dense(8, **_init(10))(x))
     b = drop(v, 0.4, 10)(L.Dense(8, **_init(11))(x))
-    s = L.LeakyReLU()(L.Add()([a, b]))          # same factor on both branches
+    s = L.LeakyReLU()(L.Add()([a, b]))  # same factor on both branches
     c = L.Concatenate()([drop(v, 0.3, 11)(x), drop(v, 0.3, 12)(x)])
-    m = L.Multiply()([drop(v, 0.4, 13)(x), drop(v, 0.5, 14)(x)])   # factors multiply
-    d = drop(v, 0.5, 16)(drop(v, 0.2, 15)(x))   # chained: p = 0.8 * 0.5
+    m = L.Multiply()([drop(v, 0.4, 13)(x), drop(v, 0.5, 14)(x)])  # factors multiply
+    d = drop(v, 0.5, 16)(drop(v, 0.2, 15)(x))  # chained: p = 0.8 * 0.5
     d = L.PReLU(alpha_initializer=keras.initializers.Constant(0.25))(d)
-    d = L.GaussianDropout(0.2, seed=18)(d)      # multiplicative noise: passes
-    h = L.Concatenate()([
-        L.Dense(4, **_init(12))(s), L.Dense(4, **_init(13))(c),
-        L.Dense(4, **_init(14))(m), L.Dense(4, **_init(15))(d),
-    ])
+    d = L.GaussianDropout(0.2, seed=18)(d)  # multiplicative noise: passes
+    h = L.Concatenate()(
+        [
+            L.Dense(4, **_init(12))(s),
+            L.Dense(4, **_init(13))(c),
+            L.Dense(4, **_init(14))(m),
+            L.Dense(4, **_init(15))(d),
+        ]
+    )
     r = L.Reshape((4, 4))(drop(v, 0.5, 17)(h))
     r = L.Conv1D(2, 2, **_init(16))(r)
     return keras.Model(x, L.Dense(3, **_init(17))(L.Flatten()(r)))
@@ -132,7 +146,7 @@ def test_converted_twins_compute_the_same_function(name, direction):
     src, dst = build(src_v), build(dst_v)
     conversion.convert_weights(src, dst, direction)
     x = _rng.normal(size=(5, *shape))
-    for training in (True, False, True):   # masks advance in step in both twins
+    for training in (True, False, True):  # masks advance in step in both twins
         a = ops.convert_to_numpy(src(x, training=training))
         b = ops.convert_to_numpy(dst(x, training=training))
         err = np.max(np.abs(a - b)) / np.max(np.abs(a))
@@ -141,24 +155,29 @@ def test_converted_twins_compute_the_same_function(name, direction):
 
 def test_consumers_and_their_keep_probs():
     model = merges_and_chains("inverted")
-    found = {type(c.layer).__name__ + ":" + c.layer.name: round(c.keep_prob, 12)
-             for c in conversion.dropout_consumers(model)}
+    found = {
+        type(c.layer).__name__ + ":" + c.layer.name: round(c.keep_prob, 12)
+        for c in conversion.dropout_consumers(model)
+    }
     keep = sorted(found.values())
     # Add of two p=0.6 branches, Concatenate of two p=0.7, Multiply 0.6*0.5,
     # chain 0.8*0.5, and the Conv1D behind p=0.5.
     assert keep == sorted([0.6, 0.7, 0.3, 0.4, 0.5])
     sep = separable_depthwise_transpose("inverted")
-    kinds = {type(c.layer).__name__: [v.name for v in c.variables]
-             for c in conversion.dropout_consumers(sep)}
-    assert kinds == {"SeparableConv2D": ["depthwise_kernel"], "DepthwiseConv2D": ["kernel"],
-                     "Conv2DTranspose": ["kernel"], "EinsumDense": ["kernel"]}
+    kinds = {type(c.layer).__name__: [v.name for v in c.variables] for c in conversion.dropout_consumers(sep)}
+    assert kinds == {
+        "SeparableConv2D": ["depthwise_kernel"],
+        "DepthwiseConv2D": ["kernel"],
+        "Conv2DTranspose": ["kernel"],
+        "EinsumDense": ["kernel"],
+    }
 
 
 def test_scaling_the_bias_too_breaks_the_function():
     src, dst = mlp("inverted"), mlp("standard")
     conversion.convert_weights(src, dst, "to_standard")
     out = dst.layers[-1]
-    out.bias.assign(out.bias / 0.5)   # the 'obvious' but wrong map b -> b/p
+    out.bias.assign(out.bias / 0.5)  # the 'obvious' but wrong map b -> b/p
     x = _rng.normal(size=(5, 6))
     gap = np.max(np.abs(ops.convert_to_numpy(src(x)) - ops.convert_to_numpy(dst(x))))
     assert gap > 1e-3
@@ -236,10 +255,15 @@ def test_subclassed_model_is_refused():
 def test_convert_weights_checks_the_twins():
     with pytest.raises(ValueError, match="needs inverted dropout"):
         conversion.convert_weights(mlp("standard"), mlp("standard"), "to_standard")
-    other = keras.Sequential([
-        keras.Input((6,)), StandardDropout(0.3), L.Dense(8, activation="relu"),
-        StandardDropout(0.5), L.Dense(3),
-    ])
+    other = keras.Sequential(
+        [
+            keras.Input((6,)),
+            StandardDropout(0.3),
+            L.Dense(8, activation="relu"),
+            StandardDropout(0.5),
+            L.Dense(3),
+        ]
+    )
     with pytest.raises(ValueError, match="rate"):
         conversion.convert_weights(mlp("inverted"), other, "to_standard")
     with pytest.raises(ValueError, match="direction"):
@@ -279,9 +303,11 @@ def test_scalar_maps_refuse_a_rate_for_a_keep_prob():
         conversion.map_l2(0.01, 1.5, "to_standard")
 
 
-@pytest.mark.parametrize("reg", [keras.regularizers.L2(0.01), keras.regularizers.L1(0.02),
-                                 keras.regularizers.L1L2(l1=0.03, l2=0.01)],
-                         ids=["L2", "L1", "L1L2"])
+@pytest.mark.parametrize(
+    "reg",
+    [keras.regularizers.L2(0.01), keras.regularizers.L1(0.02), keras.regularizers.L1L2(l1=0.03, l2=0.01)],
+    ids=["L2", "L1", "L1L2"],
+)
 def test_mapped_regularizer_gives_the_same_penalty_and_rescaled_gradient(reg):
     p = 0.7
     w = tf.Variable(_rng.normal(size=(8, 3)))
@@ -293,7 +319,7 @@ def test_mapped_regularizer_gives_the_same_penalty_and_rescaled_gradient(reg):
     # The penalty of the float32-rounded factor vs its float64 map: exact.
     assert abs(float(a) - float(b)) <= 1e-15 * abs(float(a))
     ga, gb = tape.gradient(a, w).numpy(), tape.gradient(b, w_std).numpy()
-    np.testing.assert_allclose(gb, p * ga, rtol=1e-14)   # g_std = p g_inv
+    np.testing.assert_allclose(gb, p * ga, rtol=1e-14)  # g_std = p g_inv
     again = keras.regularizers.deserialize(keras.regularizers.serialize(mapped))
     assert type(again) is type(reg)
     with pytest.raises(NoExactMapError, match="no map derived"):
@@ -302,8 +328,8 @@ def test_mapped_regularizer_gives_the_same_penalty_and_rescaled_gradient(reg):
 
 def test_equivariant_max_norm_is_exact_and_keras_max_norm_is_not():
     w = _rng.normal(size=(8, 4))
-    w[:, 1] *= 0.01   # one column inside the bound
-    w[:, 2] = 0.0     # and a zero column
+    w[:, 1] *= 0.01  # one column inside the bound
+    w[:, 2] = 0.0  # and a zero column
     c, s = 0.5, 1 / 0.7
     ours = conversion.EquivariantMaxNorm(c)
     a = ops.convert_to_numpy(ours(w))
@@ -314,13 +340,12 @@ def test_equivariant_max_norm_is_exact_and_keras_max_norm_is_not():
     theirs = keras.constraints.MaxNorm(c)
     ka = ops.convert_to_numpy(theirs(w))
     kb = ops.convert_to_numpy(keras.constraints.MaxNorm(c * s)(s * w))
-    assert np.max(np.abs(kb - s * ka)) / np.max(np.abs(ka)) > 1e-9   # the 1e-7 epsilon
-    assert not np.array_equal(ka[:, 1], w[:, 1])                       # shrinks in-bound columns
+    assert np.max(np.abs(kb - s * ka)) / np.max(np.abs(ka)) > 1e-9  # the 1e-7 epsilon
+    assert not np.array_equal(ka[:, 1], w[:, 1])  # shrinks in-bound columns
 
 
 def test_map_constraint():
-    mapped = conversion.map_constraint(
-        conversion.EquivariantMaxNorm(2.0, axis=0), 0.5, "to_standard")
+    mapped = conversion.map_constraint(conversion.EquivariantMaxNorm(2.0, axis=0), 0.5, "to_standard")
     assert isinstance(mapped, conversion.EquivariantMaxNorm) and mapped.max_value == 4.0
     non_neg = conversion.map_constraint("non_neg", 0.5, "to_standard")
     assert isinstance(non_neg, keras.constraints.NonNeg)
@@ -361,7 +386,8 @@ def test_mapped_initializer_scales_sigma():
     """sigma -> sigma/p in distribution: the std of 40 000 draws."""
     p, sigma = 0.6, 0.3
     mapped = conversion.map_initializer(
-        keras.initializers.RandomNormal(stddev=sigma, seed=9), p, "to_standard")
+        keras.initializers.RandomNormal(stddev=sigma, seed=9), p, "to_standard"
+    )
     draws = ops.convert_to_numpy(mapped((200, 200), dtype="float64"))
-    se = sigma / p / np.sqrt(2 * draws.size)     # standard error of a sample std
+    se = sigma / p / np.sqrt(2 * draws.size)  # standard error of a sample std
     assert abs(draws.std() - sigma / p) < 5 * se

@@ -73,8 +73,9 @@ def build(ops, rates):
         if op == "dropout":
             h = L.Dropout(rate, seed=i + 1)(h)
         elif op in ("dense", "dense_relu"):
-            layer = L.Dense(4, "relu" if op == "dense_relu" else None, kernel_initializer=init,
-                            bias_initializer=bias)
+            layer = L.Dense(
+                4, "relu" if op == "dense_relu" else None, kernel_initializer=init, bias_initializer=bias
+            )
             first_dense = first_dense or layer
             h = layer(h)
             n_dense += 1
@@ -92,8 +93,11 @@ def build(ops, rates):
                 n_dense += 1
             h = first_dense(h)
         seen.append(h)
-    y = L.Dense(2, kernel_initializer=keras.initializers.HeNormal(seed=99),
-                bias_initializer=keras.initializers.RandomNormal(stddev=0.3, seed=98))(h)
+    y = L.Dense(
+        2,
+        kernel_initializer=keras.initializers.HeNormal(seed=99),
+        bias_initializer=keras.initializers.RandomNormal(stddev=0.3, seed=98),
+    )(h)
     return keras.Model(x, y), n_dense
 
 
@@ -123,16 +127,25 @@ def _check_graph(ops, rates):
 
 def paper_net(l2=0.01, max_norm=1.5):
     """The paper's recipe: StandardDropout, L2 on one consumer, max-norm on another."""
-    return keras.Sequential([
-        keras.Input((4,)),
-        dl.StandardDropout(0.2, seed=1),
-        L.Dense(8, "relu", kernel_regularizer=keras.regularizers.L2(l2),
+    return keras.Sequential(
+        [
+            keras.Input((4,)),
+            dl.StandardDropout(0.2, seed=1),
+            L.Dense(
+                8,
+                "relu",
+                kernel_regularizer=keras.regularizers.L2(l2),
                 kernel_initializer=keras.initializers.HeNormal(seed=2),
-                bias_initializer=keras.initializers.RandomNormal(stddev=0.1, seed=3)),
-        dl.StandardDropout(0.5, seed=4),
-        L.Dense(3, kernel_constraint=EquivariantMaxNorm(max_norm),
-                kernel_initializer=keras.initializers.HeNormal(seed=5)),
-    ])
+                bias_initializer=keras.initializers.RandomNormal(stddev=0.1, seed=3),
+            ),
+            dl.StandardDropout(0.5, seed=4),
+            L.Dense(
+                3,
+                kernel_constraint=EquivariantMaxNorm(max_norm),
+                kernel_initializer=keras.initializers.HeNormal(seed=5),
+            ),
+        ]
+    )
 
 
 def _fit(model, optimizer, steps=10):
@@ -143,10 +156,14 @@ def _fit(model, optimizer, steps=10):
     return model
 
 
-@pytest.mark.parametrize("make_optimizer", [
-    lambda: keras.optimizers.SGD(0.05, momentum=0.9, weight_decay=np.float64(1e-3), clipnorm=1.0),
-    lambda: keras.optimizers.Adam(0.01, epsilon=1e-7),
-], ids=["sgd", "adam"])
+@pytest.mark.parametrize(
+    "make_optimizer",
+    [
+        lambda: keras.optimizers.SGD(0.05, momentum=0.9, weight_decay=np.float64(1e-3), clipnorm=1.0),
+        lambda: keras.optimizers.Adam(0.01, epsilon=1e-7),
+    ],
+    ids=["sgd", "adam"],
+)
 def test_converted_model_trains_like_the_source(make_optimizer, f64):
     source = paper_net()
     converted = dl.convert_model(source, to="inverted", optimizer=make_optimizer())
@@ -159,11 +176,11 @@ def test_converted_model_trains_like_the_source(make_optimizer, f64):
     tol = steps * twins.rounding_tolerance(k, "float64") * 10
     gaps, naive_gaps = [], []
     for w_src, v_tgt, v_naive in zip(source.weights, converted.model.weights, naive.weights):
-        s = scale.get(id(v_tgt), 1.0)   # W_inv = p W_std on the consuming kernels
+        s = scale.get(id(v_tgt), 1.0)  # W_inv = p W_std on the consuming kernels
         gaps.append(_rel(np.asarray(v_tgt.numpy()) / s, w_src.numpy()))
         naive_gaps.append(_rel(np.asarray(v_naive.numpy()) / s, w_src.numpy()))
     assert max(gaps) <= tol, gaps
-    assert max(naive_gaps) > 1e-4, naive_gaps   # unmapped L2 / max-norm train differently
+    assert max(naive_gaps) > 1e-4, naive_gaps  # unmapped L2 / max-norm train differently
     # the regulariser and constraint were mapped, not copied: l2 / p^2, c * p to inverted (the
     # source's l2 is the float32 rounding of 0.01 that Keras computes with: rel 1e-7)
     assert float(converted.model.layers[1].kernel_regularizer.l2) == pytest.approx(0.01 / 0.8**2, rel=1e-7)
@@ -225,7 +242,10 @@ REFUSALS = {
     "custom layer holding a dropout": (lambda: _seq(Custom(name="custom"), L.Dense(2)), "custom"),
     "attention dropout": (
         lambda: (lambda x: keras.Model(x, L.MultiHeadAttention(2, 2, dropout=0.1, name="mha")(x, x)))(
-            keras.Input((3, 4))), "mha"),
+            keras.Input((3, 4))
+        ),
+        "mha",
+    ),
     "recurrent dropout": (lambda: _seq(L.LSTM(3, dropout=0.2, name="lstm"), shape=(5, 4)), "lstm"),
     "shared matrix": (_shared, "shared"),
     "unknown consumer": (lambda: _seq(L.Dropout(0.5), L.Activation("tanh", name="act"), L.Dense(2)), "act"),
@@ -233,11 +253,13 @@ REFUSALS = {
     "dropped output": (lambda: _seq(L.Dense(2), L.Dropout(0.5)), "output"),
     "keras max-norm": (
         lambda: _seq(L.Dropout(0.5), L.Dense(2, kernel_constraint=keras.constraints.MaxNorm(2), name="mn")),
-        "mn"),
+        "mn",
+    ),
     "already inverted": (lambda: _seq(L.Dropout(0.5, name="drop"), L.Dense(2)), "drop"),
     "activity regularizer on a dropped tensor": (
         lambda: _seq(L.Dropout(0.5), L.ReLU(activity_regularizer="l2", name="act_reg"), L.Dense(2)),
-        "act_reg"),
+        "act_reg",
+    ),
 }
 
 
@@ -288,15 +310,26 @@ def test_standard_dropout_survives_a_keras_file(tmp_path):
     x = X.astype("float32")
     np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
     # a fresh layer with the same seed draws the same first mask as the loaded one
-    np.testing.assert_array_equal(layer(x, training=True), dl.StandardDropout(0.5, (None, 1), seed=7)(x, training=True))
+    np.testing.assert_array_equal(
+        layer(x, training=True), dl.StandardDropout(0.5, (None, 1), seed=7)(x, training=True)
+    )
 
 
 def test_converted_model_survives_a_keras_file(tmp_path):
     converted = dl.convert_model(
-        keras.Sequential([keras.Input((4,)), L.Dropout(0.5, seed=1),
-                          L.Dense(3, kernel_regularizer=keras.regularizers.L2(0.01),
-                                  kernel_constraint=EquivariantMaxNorm(2.0))]),
-        to="standard")
+        keras.Sequential(
+            [
+                keras.Input((4,)),
+                L.Dropout(0.5, seed=1),
+                L.Dense(
+                    3,
+                    kernel_regularizer=keras.regularizers.L2(0.01),
+                    kernel_constraint=EquivariantMaxNorm(2.0),
+                ),
+            ]
+        ),
+        to="standard",
+    )
     path = tmp_path / "converted.keras"
     converted.model.save(path)
     loaded = keras.saving.load_model(path)

@@ -9,7 +9,7 @@ from dropout_lib.exact import compare, divergence, mlp
 from dropout_lib.exact.optimizers import SGD
 
 SIZES = (4, 6, 5, 2)
-KEEP = (0.9, 0.7, 1.0)   # keep probabilities p; Keras rate = 1 - p
+KEEP = (0.9, 0.7, 1.0)  # keep probabilities p; Keras rate = 1 - p
 STEPS = 30
 _rng = np.random.default_rng(11)
 PARAMS = mlp.init_params(SIZES, _rng, bias_scale=0.2)
@@ -19,8 +19,14 @@ MASKS = [mlp.sample_masks(SIZES, KEEP, 8, _rng) for _ in range(STEPS)]
 
 def run(power: float) -> compare.Comparison:
     return compare.compare_training(
-        PARAMS, BATCHES, MASKS, keep_probs=KEEP, steps=STEPS, optimizer_inverted=SGD(0.1),
-        optimizer_standard=SGD(mlp.per_parameter(0.1, PARAMS, KEEP, power)))
+        PARAMS,
+        BATCHES,
+        MASKS,
+        keep_probs=KEEP,
+        steps=STEPS,
+        optimizer_inverted=SGD(0.1),
+        optimizer_standard=SGD(mlp.per_parameter(0.1, PARAMS, KEEP, power)),
+    )
 
 
 def test_mapped_runs_never_flip():
@@ -30,7 +36,7 @@ def test_mapped_runs_never_flip():
 
 
 def test_wrong_map_flips_and_count_is_exact():
-    comparison = run(0.0)   # same lr: the runs part
+    comparison = run(0.0)  # same lr: the runs part
     flips = divergence.activation_flips(comparison, BATCHES, MASKS, keep_probs=KEEP)
     t = divergence.first_flip(flips)
     assert t is not None and flips[t] > 0 and flips[:t].sum() == 0

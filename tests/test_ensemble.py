@@ -140,9 +140,7 @@ def test_single_layer_matches_itertools_brute_force(
     variant=variants,
 )
 @settings(max_examples=25, deadline=None)
-def test_deep_relu_net_matches_itertools_brute_force(
-    seed: int, ps: list[float], variant: str
-) -> None:
+def test_deep_relu_net_matches_itertools_brute_force(seed: int, ps: list[float], variant: str) -> None:
     widths = [3, 4, 3, 2][: len(ps) + 1]
     net = random_net(seed, widths, ps)
     xs = np.random.default_rng(seed + 1).normal(size=(2, widths[0]))
@@ -150,9 +148,7 @@ def test_deep_relu_net_matches_itertools_brute_force(
     for b, x in enumerate(xs):
         ref = brute_force(net, x, variant)
         for f in FIELDS:
-            np.testing.assert_allclose(
-                getattr(res, f)[b], ref[f], rtol=1e-12, atol=1e-15, err_msg=f
-            )
+            np.testing.assert_allclose(getattr(res, f)[b], ref[f], rtol=1e-12, atol=1e-15, err_msg=f)
 
 
 def test_subnetwork_logits_agree_with_the_streamed_table() -> None:

@@ -34,12 +34,14 @@ def test_inverted_twin_has_the_same_subnetworks_and_test_net(seed: int, ps: list
     np.testing.assert_allclose(
         E.subnetwork_logits(twin, x, masks, "inverted"),
         E.subnetwork_logits(net, x, masks, "standard"),
-        rtol=1e-13, atol=1e-13,
+        rtol=1e-13,
+        atol=1e-13,
     )
     np.testing.assert_allclose(
         E.weight_scaled_logits(twin, x, "inverted"),
         E.weight_scaled_logits(net, x, "standard"),
-        rtol=1e-13, atol=1e-13,
+        rtol=1e-13,
+        atol=1e-13,
     )
     for w_t, w, p in zip(twin.weights, net.weights, ps):
         np.testing.assert_array_equal(w_t, p * w)

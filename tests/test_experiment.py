@@ -14,7 +14,7 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-from hypothesis import given, settings  # noqa: E402
+from hypothesis import given  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from dropout_lib.book import experiment as E  # noqa: E402
@@ -23,10 +23,11 @@ from dropout_lib.layers import StandardDropout  # noqa: E402
 
 # Small enough to run in seconds; rates with p = 0.8 and 0.6 (no power of two,
 # so no division by p is exact and agreement is not a rounding accident).
-SMALL = E.Config(n_train=60, widths=(16, 16), rates=(0.2, 0.4, 0.4),
-                 learning_rate=2**-7, epochs=12, eval_every=4)
-MAP_TOL = 1e-12   # rounding: a few u per step over 12 steps is ~1e-14
-WRONG = 1e-3      # a different model: off by O(1 - p)
+SMALL = E.Config(
+    n_train=60, widths=(16, 16), rates=(0.2, 0.4, 0.4), learning_rate=2**-7, epochs=12, eval_every=4
+)
+MAP_TOL = 1e-12  # rounding: a few u per step over 12 steps is ~1e-14
+WRONG = 1e-3  # a different model: off by O(1 - p)
 
 
 @pytest.fixture(scope="module")
@@ -118,8 +119,13 @@ def test_keras_float64_restores_the_policy():
 def test_cross_entropy_matches_keras_and_is_stable():
     rng = np.random.default_rng(0)
     z, y = rng.normal(size=(50, 10)) * 5, rng.integers(0, 10, size=50)
-    expected = float(np.mean(keras.ops.convert_to_numpy(
-        keras.losses.sparse_categorical_crossentropy(y, z.astype("float64"), from_logits=True))))
+    expected = float(
+        np.mean(
+            keras.ops.convert_to_numpy(
+                keras.losses.sparse_categorical_crossentropy(y, z.astype("float64"), from_logits=True)
+            )
+        )
+    )
     assert math.isclose(E.cross_entropy(z, y), expected, rel_tol=1e-13)
     huge = np.array([[1000.0, 0.0], [0.0, 1000.0]])
     assert E.cross_entropy(huge, np.array([0, 1])) == 0.0
@@ -128,15 +134,18 @@ def test_cross_entropy_matches_keras_and_is_stable():
         E.cross_entropy(z, y[:3])
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(rates=(0.2, 0.5)), "rates needs 3"),
-    (dict(rates=(0.2, 1.0, 0.5)), "DROP probability"),
-    (dict(rates=(0.0, 0.5, 0.5)), "DROP probability"),
-    (dict(epochs=10, eval_every=3), "multiple"),
-    (dict(learning_rate=0.0), "learning_rate"),
-    (dict(widths=(16, 0)), "width"),
-    (dict(n_train=True), "n_train"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(rates=(0.2, 0.5)), "rates needs 3"),
+        (dict(rates=(0.2, 1.0, 0.5)), "DROP probability"),
+        (dict(rates=(0.0, 0.5, 0.5)), "DROP probability"),
+        (dict(epochs=10, eval_every=3), "multiple"),
+        (dict(learning_rate=0.0), "learning_rate"),
+        (dict(widths=(16, 0)), "width"),
+        (dict(n_train=True), "n_train"),
+    ],
+)
 def test_bad_config_raises(kwargs, match):
     with pytest.raises(ValueError, match=match):
         E.Config(**kwargs)
@@ -212,9 +221,9 @@ def test_paired_tests_match_scipy():
 
 
 def test_sign_test_threshold():
-    assert E.sign_test_threshold(12, 0.025) == 10   # P(X >= 10) = 79/4096 < 0.025 < 299/4096
+    assert E.sign_test_threshold(12, 0.025) == 10  # P(X >= 10) = 79/4096 < 0.025 < 299/4096
     assert E.sign_test_p(10, 12) <= 0.025 < E.sign_test_p(9, 12)
-    assert E.sign_test_threshold(5, 0.025) == 6      # 2**-5 > 0.025: no outcome rejects
+    assert E.sign_test_threshold(5, 0.025) == 6  # 2**-5 > 0.025: no outcome rejects
     with pytest.raises(ValueError, match="level"):
         E.sign_test_threshold(5, 1.5)
 

@@ -37,16 +37,21 @@ def glue_outputs(monkeypatch, items, display=False):
 
 def write_notebook(tmp_path, outputs, name="07_chapter"):
     nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_markdown_cell("# A chapter"),
-                nbformat.v4.new_code_cell("glue(...)", outputs=outputs, execution_count=1)]
+    nb.cells = [
+        nbformat.v4.new_markdown_cell("# A chapter"),
+        nbformat.v4.new_code_cell("glue(...)", outputs=outputs, execution_count=1),
+    ]
     path = tmp_path / f"{name}.ipynb"
     nbformat.write(nb, path)
     return path
 
 
 scalars = st.one_of(
-    st.floats(allow_nan=False, allow_infinity=False), st.integers(-10**12, 10**12),
-    st.booleans(), st.text(max_size=20))
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.integers(-(10**12), 10**12),
+    st.booleans(),
+    st.text(max_size=20),
+)
 
 
 @fast
@@ -62,14 +67,14 @@ def test_values_round_trip(tmp_path_factory, values, display):
 
 
 def test_agrees_with_myst_nb_extraction(tmp_path, monkeypatch):
-    items = [("a", 0.64), ("b", "8-16-16-4"), ("c", 3), ("a", 0.36)]   # "a" twice: last wins
+    items = [("a", 0.64), ("b", "8-16-16-4"), ("c", 3), ("a", 0.36)]  # "a" twice: last wins
     outputs = glue_outputs(monkeypatch, items)
     outputs.insert(1, nbformat.v4.new_output("stream", text="not glued\n"))
     path = write_notebook(tmp_path, outputs)
     nb = nbformat.read(path, as_version=4)
     warnings = []
 
-    class Logger:   # myst-nb's logger interface: warning(msg, subtype=..., line=...)
+    class Logger:  # myst-nb's logger interface: warning(msg, subtype=..., line=...)
         def warning(self, msg, **kw):
             warnings.append(msg)
 

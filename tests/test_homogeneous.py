@@ -15,7 +15,7 @@ from dropout_lib.reference import sample_mask
 from dropout_lib.theory import homogeneous as hom
 from dropout_lib.theory import limits
 
-MAP_TOL = 1e-13   # float64 runs of 60 steps: ~900 units of 2^-53
+MAP_TOL = 1e-13  # float64 runs of 60 steps: ~900 units of 2^-53
 GAP = 1e-3
 KP = (0.8, 0.7, 0.6)
 SIZES = (5, 8, 6, 3)
@@ -56,8 +56,7 @@ def test_global_map_keeps_the_function_at_test_time():
     std = mlp.predict({**hom.rescale(net, 1 / lam), **zero}, x, variant="standard", keep_probs=KP)
     assert limits.relative_mismatch(std, inv) < 1e-14
     # the consumer map's kernels divided by lambda on every layer is not the consumer map
-    cons = mlp.predict({**mlp.to_standard_params({**net, **zero}, KP)}, x, variant="standard",
-                       keep_probs=KP)
+    cons = mlp.predict({**mlp.to_standard_params({**net, **zero}, KP)}, x, variant="standard", keep_probs=KP)
     assert limits.relative_mismatch(cons, inv) < 1e-14
 
 
@@ -68,16 +67,23 @@ def test_global_map_with_global_clipping(momentum):
     eta_s, tau_s = hom.global_clip_map(eta, tau, KP)
     lam = hom.global_scale(KP)
     inv_opt = lambda: SGD(eta, momentum=momentum, global_clipnorm=tau)  # noqa: E731
-    gap, inv = _gap(net, batches, masks, 1 / lam, inv_opt(),
-                    SGD(eta_s, momentum=momentum, global_clipnorm=tau_s))
+    gap, inv = _gap(
+        net, batches, masks, 1 / lam, inv_opt(), SGD(eta_s, momentum=momentum, global_clipnorm=tau_s)
+    )
     assert inv.norms.min() > tau or momentum, "the inverted run should clip at every step"
     assert gap < MAP_TOL
     np.testing.assert_allclose(inv.norm_ratios({n: 1 / lam for n in net}), lam, rtol=1e-14)
     # wrong threshold, wrong learning rate: a real difference
-    assert _gap(net, batches, masks, 1 / lam, inv_opt(),
-                SGD(eta_s, momentum=momentum, global_clipnorm=tau))[0] > GAP
-    assert _gap(net, batches, masks, 1 / lam, inv_opt(),
-                SGD(eta / lam, momentum=momentum, global_clipnorm=tau_s))[0] > GAP
+    assert (
+        _gap(net, batches, masks, 1 / lam, inv_opt(), SGD(eta_s, momentum=momentum, global_clipnorm=tau))[0]
+        > GAP
+    )
+    assert (
+        _gap(
+            net, batches, masks, 1 / lam, inv_opt(), SGD(eta / lam, momentum=momentum, global_clipnorm=tau_s)
+        )[0]
+        > GAP
+    )
 
 
 def test_with_biases_the_map_holds_without_clipping_and_fails_with_it():
@@ -88,8 +94,7 @@ def test_with_biases_the_map_holds_without_clipping_and_fails_with_it():
     assert s["b3"] == pytest.approx(1.0, rel=1e-15)
     lr = {n: eta * v**2 for n, v in s.items()}
     assert _gap(net, batches, masks, s, SGD(eta), SGD(lr))[0] < MAP_TOL
-    gap, inv = _gap(net, batches, masks, s, SGD(eta, global_clipnorm=tau),
-                    SGD(lr, global_clipnorm=lam * tau))
+    gap, inv = _gap(net, batches, masks, s, SGD(eta, global_clipnorm=tau), SGD(lr, global_clipnorm=lam * tau))
     assert gap > GAP
     ratios = inv.norm_ratios(s)
     assert ratios.max() / ratios.min() - 1 > GAP
@@ -100,7 +105,8 @@ def test_loss_and_grads_of_a_bias_free_net_names_only_kernels():
     _, g = hom.loss_and_grads(net, *batches[0], variant="inverted", keep_probs=KP, masks=masks[0])
     assert sorted(g) == ["W1", "W2", "W3"]
     assert hom.global_norms(g) == pytest.approx(
-        math.sqrt(sum(float(np.sum(v**2)) for v in g.values())), rel=1e-15)
+        math.sqrt(sum(float(np.sum(v**2)) for v in g.values())), rel=1e-15
+    )
 
 
 def test_shared_layer_has_no_map_but_two_layers_do():
@@ -113,8 +119,12 @@ def test_shared_layer_has_no_map_but_two_layers_do():
     two = limits.fit_standard_shared_layer(layer, h1, h2, masks, p, share=False)
     assert shared.residual > GAP
     assert two.residual < 1e-13
-    expected = {"W_dropped": layer["W"] / p, "b_dropped": layer["b"], "W_clean": layer["W"],
-                "b_clean": layer["b"]}
+    expected = {
+        "W_dropped": layer["W"] / p,
+        "b_dropped": layer["b"],
+        "W_clean": layer["W"],
+        "b_clean": layer["b"],
+    }
     assert mlp.relative_difference(two.params, expected) < 1e-13
     # one output per call, each with its own bias add
     out = limits.shared_layer_outputs(layer, h1, h2, [], variant="inverted", keep_prob=p)
@@ -128,8 +138,12 @@ def test_tied_embedding_map_keeps_the_function_and_needs_the_input_kernel():
 
     rng = np.random.default_rng(6)
     vocab, d, pe, pk = 7, 4, 0.9, 0.6
-    lm = {"E": rng.normal(size=(vocab, d)), "W_in": rng.normal(size=(d, d)),
-          "b_in": 0.1 * rng.normal(size=d), "c": 0.1 * rng.normal(size=vocab)}
+    lm = {
+        "E": rng.normal(size=(vocab, d)),
+        "W_in": rng.normal(size=(d, d)),
+        "b_in": 0.1 * rng.normal(size=d),
+        "c": 0.1 * rng.normal(size=vocab),
+    }
     tokens = np.eye(vocab)[rng.integers(0, vocab, 16)]
     masks = [(sample_mask((16, d), pe, rng), sample_mask((16, d), pk, rng)) for _ in range(4)]
     out = lambda q, v: lc.tied_lm_outputs(q, tokens, masks, variant=v, keep_emb=pe, keep_out=pk)  # noqa: E731

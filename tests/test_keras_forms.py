@@ -100,5 +100,7 @@ def test_keras_form_clipnorm_within_the_rounding_of_a_norm(keras_float64):
     for k, v in pairs:
         assert np.max(np.abs(k - v) / np.abs(v)) <= bound
     # a wrong rule (no clipping) is far outside the bound: the check can fail
-    wrong = _run(lambda: K.SGD(LR, momentum=MU, weight_decay=WD), lambda: E.SGD(LR, momentum=MU, weight_decay=WD))
+    wrong = _run(
+        lambda: K.SGD(LR, momentum=MU, weight_decay=WD), lambda: E.SGD(LR, momentum=MU, weight_decay=WD)
+    )
     assert np.max(np.abs(wrong[-1][0] - pairs[-1][0]) / np.abs(pairs[-1][0])) > 1e3 * bound

@@ -24,24 +24,28 @@ pytestmark = [
     pytest.mark.usefixtures("keras_float64"),  # tests/conftest.py
     pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),
 ]
-RATE = 0.3   # Keras's drop probability; keep_prob p = 0.7
+RATE = 0.3  # Keras's drop probability; keep_prob p = 0.7
 STEPS = 8
 _rng = np.random.default_rng(3)
 X = _rng.normal(size=(16, 4))
 Y = _rng.normal(size=(16, 2))
 
 
-
-
 def net(rate: float = RATE) -> keras.Model:
     init = keras.initializers
-    return keras.Sequential([
-        keras.Input((4,)),
-        keras.layers.Dense(6, "relu", kernel_initializer=init.HeNormal(1),
-                           bias_initializer=init.RandomNormal(stddev=0.1, seed=2)),
-        keras.layers.Dropout(rate, seed=3),
-        keras.layers.Dense(2, kernel_initializer=init.HeNormal(4)),
-    ])
+    return keras.Sequential(
+        [
+            keras.Input((4,)),
+            keras.layers.Dense(
+                6,
+                "relu",
+                kernel_initializer=init.HeNormal(1),
+                bias_initializer=init.RandomNormal(stddev=0.1, seed=2),
+            ),
+            keras.layers.Dropout(rate, seed=3),
+            keras.layers.Dense(2, kernel_initializer=init.HeNormal(4)),
+        ]
+    )
 
 
 def test_snapshots_start_at_the_initial_weights_and_move():
@@ -60,8 +64,7 @@ def test_mapped_twin_follows_the_same_trajectory_and_control_does_not():
     control = twins.mapped_twin(inv, "standard")
     opt = keras.optimizers.RMSprop(2**-6, epsilon=2**-10)
     ref = fit_trajectory(inv, opt, X, Y, steps=STEPS)
-    mapped = fit_trajectory(std, mapping.mapped_multi_optimizer(std, opt, "to_standard"),
-                            X, Y, steps=STEPS)
+    mapped = fit_trajectory(std, mapping.mapped_multi_optimizer(std, opt, "to_standard"), X, Y, steps=STEPS)
     gaps = trajectory_gaps(ref, mapped, std, "to_inverted")
     assert gaps.shape == (STEPS + 1,)
     assert gaps.max() < 1e-12, f"mapped twin off by {gaps.max():.1e}"

@@ -60,12 +60,14 @@ def test_same_seed_draws_the_same_masks_as_keras_dropout_call_after_call(rate, d
         y_inv = np_out(theirs(x, training=True))
         assert y_std.dtype == y_inv.dtype == np.dtype(dtype)
         mask = y_std != 0
-        np.testing.assert_array_equal(y_inv != 0, mask)             # same mask
+        np.testing.assert_array_equal(y_inv != 0, mask)  # same mask
         np.testing.assert_array_equal(y_std, np.where(mask, x, 0))  # m * x exactly
         np.testing.assert_array_equal(y_inv, kp.expected_inverted_output(x, mask, rate))
         if noise_shape is not None:  # the mask is constant along the shared axes
             shared = tuple(i for i, n in enumerate(noise_shape) if n == 1)
-            np.testing.assert_array_equal(mask, np.broadcast_to(mask.any(axis=shared, keepdims=True), mask.shape))
+            np.testing.assert_array_equal(
+                mask, np.broadcast_to(mask.any(axis=shared, keepdims=True), mask.shape)
+            )
 
 
 def test_keep_mask_matches_the_next_training_call_of_keras_dropout():
@@ -157,9 +159,7 @@ def test_get_config_from_config_round_trip():
 
 
 def test_model_json_round_trip():
-    model = keras.Sequential(
-        [keras.Input((3, 4)), StandardDropout(0.4, noise_shape=(None, 1, None), seed=2)]
-    )
+    model = keras.Sequential([keras.Input((3, 4)), StandardDropout(0.4, noise_shape=(None, 1, None), seed=2)])
     text = model.to_json()
     assert json.loads(text)["config"]["layers"][1]["class_name"] == "StandardDropout"
     restored = keras.models.model_from_json(text)

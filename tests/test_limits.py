@@ -35,8 +35,7 @@ def _layer(seed, n=5, k=3, batch=20, p=0.6, n_masks=6):
 
 def _ae(seed, n=5, k=3, batch=12, p=0.6, steps=8):
     rng = np.random.default_rng(seed)
-    ae = {"W": 0.7 * rng.normal(size=(n, k)), "b1": 0.3 * rng.normal(size=k),
-          "b2": 0.1 * rng.normal(size=n)}
+    ae = {"W": 0.7 * rng.normal(size=(n, k)), "b1": 0.3 * rng.normal(size=k), "b2": 0.1 * rng.normal(size=n)}
     xs = [rng.normal(size=(batch, n)) for _ in range(3)]
     masks = [sample_mask((batch, n), p, rng) for _ in range(steps)]
     return ae, xs, masks
@@ -49,12 +48,16 @@ def test_shared_matrix_is_a_pair_of_equal_matrices():
     layer, h1, h2, masks = _layer(0)
     pair = {"W_dropped": layer["W"], "W_clean": layer["W"], "b": layer["b"]}
     for variant in ("standard", "inverted"):
-        a = limits.two_input_layer(layer, h1, h2, variant=variant, keep_prob=0.6, mask=masks[0], training=True)
+        a = limits.two_input_layer(
+            layer, h1, h2, variant=variant, keep_prob=0.6, mask=masks[0], training=True
+        )
         b = limits.two_input_layer(pair, h1, h2, variant=variant, keep_prob=0.6, mask=masks[0], training=True)
         assert np.array_equal(a, b)
     # by hand: inverted training d(h1) = m h1 / p
     expected = (masks[0] * h1 / 0.6) @ layer["W"] + h2 @ layer["W"] + layer["b"]
-    got = limits.two_input_layer(layer, h1, h2, variant="inverted", keep_prob=0.6, mask=masks[0], training=True)
+    got = limits.two_input_layer(
+        layer, h1, h2, variant="inverted", keep_prob=0.6, mask=masks[0], training=True
+    )
     assert np.allclose(got, expected, rtol=1e-15, atol=1e-15)
 
 
@@ -87,8 +90,9 @@ def test_least_squares_beats_every_scale():
     best = limits.fit_standard_two_input_layer(layer, h1, h2, masks, p, share=True).residual
     target = limits.two_input_layer_outputs(layer, h1, h2, masks, variant="inverted", keep_prob=p)
     for c in np.linspace(0.5, 2.5, 41):
-        out = limits.two_input_layer_outputs({"W": c * layer["W"], "b": layer["b"]}, h1, h2, masks,
-                                             variant="standard", keep_prob=p)
+        out = limits.two_input_layer_outputs(
+            {"W": c * layer["W"], "b": layer["b"]}, h1, h2, masks, variant="standard", keep_prob=p
+        )
         assert limits.relative_mismatch(out, target) >= best
 
 
@@ -122,8 +126,10 @@ def test_tied_gradient_by_finite_differences(variant, activation):
             up[name][i] += s
             down = {**ae, name: w.copy()}
             down[name][i] -= s
-            num[i] = (limits.autoencoder_loss_and_grads(up, xs[0], **kw)[0]
-                      - limits.autoencoder_loss_and_grads(down, xs[0], **kw)[0]) / (2 * s)
+            num[i] = (
+                limits.autoencoder_loss_and_grads(up, xs[0], **kw)[0]
+                - limits.autoencoder_loss_and_grads(down, xs[0], **kw)[0]
+            ) / (2 * s)
         worst = max(worst, np.linalg.norm(num - grads[name]) / np.linalg.norm(num))
     assert worst < 1e-7  # truncation ~1e-12 + rounding ~1e-10; a wrong term is O(1)
 
@@ -135,10 +141,17 @@ def test_sqrt_map_keeps_the_relu_function_only(seed, p):
     masks = [sample_mask(xs[0].shape, p, seed) for _ in range(3)]
     std = limits.tied_to_standard(ae, p)
     assert mlp.relative_difference(limits.tied_to_inverted(std, p), ae) < 1e-15
+
     def gap(params, activation):
         return limits.relative_mismatch(
-            limits.autoencoder_outputs(params, xs[0], masks, variant="standard", keep_prob=p, activation=activation),
-            limits.autoencoder_outputs(ae, xs[0], masks, variant="inverted", keep_prob=p, activation=activation))
+            limits.autoencoder_outputs(
+                params, xs[0], masks, variant="standard", keep_prob=p, activation=activation
+            ),
+            limits.autoencoder_outputs(
+                ae, xs[0], masks, variant="inverted", keep_prob=p, activation=activation
+            ),
+        )
+
     assert gap(std, "relu") < FUNC_TOL
     assert gap({"W": ae["W"] / p, "b1": ae["b1"], "b2": ae["b2"]}, "relu") > GAP  # the consumer map
     assert gap(std, "sigmoid") > GAP
@@ -151,13 +164,22 @@ def test_tied_learning_rate_maps():
     std = limits.tied_to_standard(ae, p)
 
     def gap(opt_inv, opt_std):
-        inv = limits.train_autoencoder(ae, xs, masks, variant="inverted", keep_prob=p, optimizer=opt_inv, steps=80)
-        run = limits.train_autoencoder(std, xs, masks, variant="standard", keep_prob=p, optimizer=opt_std, steps=80)
+        inv = limits.train_autoencoder(
+            ae, xs, masks, variant="inverted", keep_prob=p, optimizer=opt_inv, steps=80
+        )
+        run = limits.train_autoencoder(
+            std, xs, masks, variant="standard", keep_prob=p, optimizer=opt_std, steps=80
+        )
         return trajectory_gaps(inv.history, run.history, lambda q: limits.tied_to_inverted(q, p))[0].max()
 
     assert gap(SGD(eta, momentum=0.9), SGD(limits.tied_per_parameter(eta, p, 2), momentum=0.9)) < MAP_TOL
-    assert gap(Adam(0.01, eps=1e-3), Adam(limits.tied_per_parameter(0.01, p, 1),
-                                          eps=limits.tied_per_parameter(1e-3, p, -1))) < MAP_TOL
+    assert (
+        gap(
+            Adam(0.01, eps=1e-3),
+            Adam(limits.tied_per_parameter(0.01, p, 1), eps=limits.tied_per_parameter(1e-3, p, -1)),
+        )
+        < MAP_TOL
+    )
     assert gap(SGD(eta, momentum=0.9), SGD(eta, momentum=0.9)) > GAP
     assert gap(SGD(eta, momentum=0.9), SGD({"W": eta / p, "b1": eta, "b2": eta}, momentum=0.9)) > GAP
     assert limits.tied_per_parameter(1.0, 0.25, 2) == {"W": 4.0, "b1": 0.25, "b2": 1.0}
@@ -169,8 +191,9 @@ def test_search_finds_the_relu_map_and_stalls_for_sigmoid():
     relu = limits.fit_standard_autoencoder(ae, xs[0], masks, p, activation="relu", starts=[ae])
     assert relu.residual < MAP_TOL
     assert mlp.relative_difference(relu.params, limits.tied_to_standard(ae, p)) < 1e-10
-    sigmoid = limits.fit_standard_autoencoder(ae, xs[0], masks, p, activation="sigmoid",
-                                              starts=[ae, limits.tied_to_standard(ae, p)])
+    sigmoid = limits.fit_standard_autoencoder(
+        ae, xs[0], masks, p, activation="sigmoid", starts=[ae, limits.tied_to_standard(ae, p)]
+    )
     assert len(sigmoid.residuals) == 2 and sigmoid.residual == min(sigmoid.residuals)
     assert sigmoid.residual > GAP
     untied_start = {"W1": ae["W"], "b1": ae["b1"], "W2": ae["W"].T.copy(), "b2": ae["b2"]}
@@ -188,8 +211,9 @@ def _schedule(make_inv, make_std, rescale_state, seed=7, t1=30, t2=30):
     kp_a, kp_b = (0.9, 0.7), (0.6, 0.5)
     net = mlp.init_params(SIZES, rng, bias_scale=0.1)
     batches = [(rng.normal(size=(BATCH, SIZES[0])), rng.normal(size=(BATCH, SIZES[-1]))) for _ in range(3)]
-    masks = ([mlp.sample_masks(SIZES, kp_a, BATCH, rng) for _ in range(t1)]
-             + [mlp.sample_masks(SIZES, kp_b, BATCH, rng) for _ in range(t2)])
+    masks = [mlp.sample_masks(SIZES, kp_a, BATCH, rng) for _ in range(t1)] + [
+        mlp.sample_masks(SIZES, kp_b, BATCH, rng) for _ in range(t2)
+    ]
 
     def run(params, variant, opt, switch):
         a = train(params, batches, masks[:t1], variant=variant, keep_probs=kp_a, optimizer=opt, steps=t1)
@@ -198,8 +222,12 @@ def _schedule(make_inv, make_std, rescale_state, seed=7, t1=30, t2=30):
         return a.history + b.history[1:]
 
     inv = run(net, "inverted", make_inv(), None)
-    std = run(mlp.to_standard_params(net, kp_a), "standard", make_std(net, kp_a),
-              lambda q, o: limits.switch_keep_probs(q, o, kp_a, kp_b, rescale_state=rescale_state))
+    std = run(
+        mlp.to_standard_params(net, kp_a),
+        "standard",
+        make_std(net, kp_a),
+        lambda q, o: limits.switch_keep_probs(q, o, kp_a, kp_b, rescale_state=rescale_state),
+    )
     back = [kp_a] * (t1 + 1) + [kp_b] * t2
     return trajectory_gaps(inv, [mlp.to_inverted_params(q, kp) for q, kp in zip(std, back)])[0]
 
@@ -209,8 +237,14 @@ def test_switch_keep_probs(name):
     P = mlp.per_parameter
     make = {
         "sgd": (lambda: SGD(0.05), lambda net, kp: SGD(P(0.05, net, kp, -2))),
-        "momentum": (lambda: SGD(0.05, momentum=0.9), lambda net, kp: SGD(P(0.05, net, kp, -2), momentum=0.9)),
-        "adam": (lambda: Adam(0.01, eps=1e-3), lambda net, kp: Adam(P(0.01, net, kp, -1), eps=P(1e-3, net, kp, 1))),
+        "momentum": (
+            lambda: SGD(0.05, momentum=0.9),
+            lambda net, kp: SGD(P(0.05, net, kp, -2), momentum=0.9),
+        ),
+        "adam": (
+            lambda: Adam(0.01, eps=1e-3),
+            lambda net, kp: Adam(P(0.01, net, kp, -1), eps=P(1e-3, net, kp, 1)),
+        ),
     }[name]
     assert _schedule(*make, rescale_state=True).max() < MAP_TOL
     weights_only = _schedule(*make, rescale_state=False).max()
@@ -243,7 +277,15 @@ def test_weighted_global_clip_reproduces_global_clipping_and_no_threshold_does()
     batches = [(rng.normal(size=(BATCH, SIZES[0])), rng.normal(size=(BATCH, SIZES[-1]))) for _ in range(3)]
     masks = [mlp.sample_masks(SIZES, kp, BATCH, rng) for _ in range(40)]
     eta, c = 0.1, 0.3
-    inv = train(net, batches, masks, variant="inverted", keep_probs=kp, optimizer=SGD(eta, global_clipnorm=c), steps=40)
+    inv = train(
+        net,
+        batches,
+        masks,
+        variant="inverted",
+        keep_probs=kp,
+        optimizer=SGD(eta, global_clipnorm=c),
+        steps=40,
+    )
     split = limits.gradient_norm_split(inv.history, batches, masks, keep_probs=kp)
     assert split.inverted.min() > c  # clipped at every step
     total = np.sqrt(sum(f**2 for f in split.fractions.values()))
@@ -251,8 +293,15 @@ def test_weighted_global_clip_reproduces_global_clipping_and_no_threshold_does()
     lr = mlp.per_parameter(eta, net, kp, -2)
 
     def gap(opt):
-        std = train(mlp.to_standard_params(net, kp), batches, masks, variant="standard", keep_probs=kp,
-                    optimizer=opt, steps=40)
+        std = train(
+            mlp.to_standard_params(net, kp),
+            batches,
+            masks,
+            variant="standard",
+            keep_probs=kp,
+            optimizer=opt,
+            steps=40,
+        )
         return trajectory_gaps(inv.history, std.history, lambda q: mlp.to_inverted_params(q, kp))[0].max()
 
     assert gap(limits.WeightedGlobalClip(SGD(lr), c, mlp.consuming_weights(kp))) < MAP_TOL
@@ -264,8 +313,15 @@ def test_norm_split_without_dropout_is_trivial():
     rng = np.random.default_rng(9)
     net = mlp.init_params(SIZES, rng)
     batches = [(rng.normal(size=(BATCH, SIZES[0])), rng.normal(size=(BATCH, SIZES[-1])))]
-    hist = train(net, batches, [[None, None]] * 3, variant="inverted", keep_probs=(1.0, 1.0),
-                 optimizer=SGD(0.1), steps=3).history
+    hist = train(
+        net,
+        batches,
+        [[None, None]] * 3,
+        variant="inverted",
+        keep_probs=(1.0, 1.0),
+        optimizer=SGD(0.1),
+        steps=3,
+    ).history
     split = limits.gradient_norm_split(hist, batches, [[None, None]] * 3, keep_probs=(1.0, 1.0))
     assert np.array_equal(split.ratios, np.ones(3))
 
@@ -304,7 +360,9 @@ def test_clear_errors():
     with pytest.raises(ValueError, match="needs the binary mask"):
         limits.two_input_layer(layer, h1, h2, variant="inverted", keep_prob=0.5, training=True)
     with pytest.raises(ValueError, match="inference uses no mask"):
-        limits.two_input_layer(layer, h1, h2, variant="inverted", keep_prob=0.5, mask=masks[0], training=False)
+        limits.two_input_layer(
+            layer, h1, h2, variant="inverted", keep_prob=0.5, mask=masks[0], training=False
+        )
     with pytest.raises(ValueError, match="keep_prob must be in"):
         limits.two_input_layer(layer, h1, h2, variant="inverted", keep_prob=1.5, training=False)
     with pytest.raises(ValueError, match="variant"):

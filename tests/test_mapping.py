@@ -60,8 +60,6 @@ X = _rng.normal(size=(16, 6))
 Y = _rng.normal(size=(16, 3))
 
 
-
-
 # ------------------------------------------------------------------ helpers
 
 
@@ -70,19 +68,25 @@ def mlp(variant: str, keep_prob: float, *, seed: int = 7, **out_kwargs) -> keras
     rate = 1.0 - keep_prob  # Keras's rate is the DROP probability
     drop = (keras.layers.Dropout if variant == "inverted" else StandardDropout)(rate, seed=seed)
     out_kwargs.setdefault("kernel_initializer", keras.initializers.GlorotUniform(seed=3))
-    return keras.Sequential([
-        keras.Input((6,)),
-        keras.layers.Dense(
-            8, activation="relu", name="hidden",
-            kernel_initializer=keras.initializers.GlorotUniform(seed=1),
-            bias_initializer=keras.initializers.RandomNormal(stddev=0.1, seed=2),
-        ),
-        drop,
-        keras.layers.Dense(
-            3, name="out",
-            bias_initializer=keras.initializers.RandomNormal(stddev=0.1, seed=4), **out_kwargs,
-        ),
-    ])
+    return keras.Sequential(
+        [
+            keras.Input((6,)),
+            keras.layers.Dense(
+                8,
+                activation="relu",
+                name="hidden",
+                kernel_initializer=keras.initializers.GlorotUniform(seed=1),
+                bias_initializer=keras.initializers.RandomNormal(stddev=0.1, seed=2),
+            ),
+            drop,
+            keras.layers.Dense(
+                3,
+                name="out",
+                bias_initializer=keras.initializers.RandomNormal(stddev=0.1, seed=4),
+                **out_kwargs,
+            ),
+        ]
+    )
 
 
 def two_dropout_net(variant: str, keep_prob: float) -> keras.Model:
@@ -124,22 +128,20 @@ def train_eager(model: keras.Model, optimizer, steps: int = STEPS) -> None:
 def mismatch(src: keras.Model, dst: keras.Model, direction: str) -> float:
     """max over tensors of max|W_dst - s W_src| / max|s W_src|."""
     expected = conversion.converted_weights(src, direction)
-    return max(
-        float(np.max(np.abs(e - a)) / np.max(np.abs(e)))
-        for e, a in zip(expected, dst.get_weights())
-    )
+    return max(float(np.max(np.abs(e - a)) / np.max(np.abs(e))) for e, a in zip(expected, dst.get_weights()))
 
 
 def moved(model: keras.Model, before: list[np.ndarray]) -> float:
-    return max(
-        float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
-        for a, b in zip(model.get_weights(), before)
-    )
+    return max(float(np.max(np.abs(a - b)) / np.max(np.abs(b))) for a, b in zip(model.get_weights(), before))
 
 
 def run_pair(
-    make_opt: Callable, direction: str = "to_standard", build: Callable = mlp,
-    steps: int = STEPS, dst_optimizer: Callable | None = None, **kw,
+    make_opt: Callable,
+    direction: str = "to_standard",
+    build: Callable = mlp,
+    steps: int = STEPS,
+    dst_optimizer: Callable | None = None,
+    **kw,
 ) -> tuple[float, float]:
     """Train the twins; return (mismatch, how far the source moved)."""
     src, dst = twins(direction, build=build, **kw)
@@ -175,34 +177,46 @@ CASES = [
     ("SGD + clipvalue", lambda: O.SGD(0.1, clipvalue=0.02)),
     ("SGD momentum + weight_decay", lambda: O.SGD(0.05, momentum=0.9, weight_decay=0.3)),
     ("SGD nesterov", lambda: O.SGD(0.05, momentum=0.9, nesterov=True)),
-    ("SGD + schedule + loss_scale_factor", lambda: O.SGD(
-        EXP, momentum=0.5, loss_scale_factor=100.0)),
+    ("SGD + schedule + loss_scale_factor", lambda: O.SGD(EXP, momentum=0.5, loss_scale_factor=100.0)),
     ("Adam", lambda: O.Adam(0.01, epsilon=1e-3)),
     ("Adam amsgrad + clipnorm", lambda: O.Adam(0.01, epsilon=1e-3, amsgrad=True, clipnorm=0.05)),
-    ("Adam + callable lr + EMA", lambda: O.Adam(
-        lambda: 0.01, epsilon=1e-3, use_ema=True, ema_momentum=0.9, ema_overwrite_frequency=5)),
+    (
+        "Adam + callable lr + EMA",
+        lambda: O.Adam(lambda: 0.01, epsilon=1e-3, use_ema=True, ema_momentum=0.9, ema_overwrite_frequency=5),
+    ),
     ("AdamW + schedule", lambda: O.AdamW(COS, weight_decay=0.1, epsilon=1e-3)),
     ("Adamax", lambda: O.Adamax(0.01, epsilon=1e-3)),
     ("Nadam", lambda: O.Nadam(0.01, epsilon=1e-3)),
-    ("RMSprop + gradient accumulation", lambda: O.RMSprop(
-        0.01, epsilon=1e-3, gradient_accumulation_steps=3)),
-    ("RMSprop centered momentum", lambda: O.RMSprop(
-        0.01, momentum=0.5, centered=True, epsilon=1e-3)),
+    ("RMSprop + gradient accumulation", lambda: O.RMSprop(0.01, epsilon=1e-3, gradient_accumulation_steps=3)),
+    ("RMSprop centered momentum", lambda: O.RMSprop(0.01, momentum=0.5, centered=True, epsilon=1e-3)),
     ("Adagrad", lambda: O.Adagrad(0.1, initial_accumulator_value=0.2, epsilon=1e-3)),
     ("Adadelta + weight_decay", lambda: O.Adadelta(1.0, epsilon=1e-3, weight_decay=0.3)),
     ("Ftrl", lambda: O.Ftrl(0.1)),
-    ("Ftrl l1 l2 shrinkage beta power + weight_decay", lambda: O.Ftrl(
-        0.1, learning_rate_power=-0.7, initial_accumulator_value=0.2,
-        l1_regularization_strength=0.01, l2_regularization_strength=0.1,
-        l2_shrinkage_regularization_strength=0.05, beta=0.3, weight_decay=0.3)),
+    (
+        "Ftrl l1 l2 shrinkage beta power + weight_decay",
+        lambda: O.Ftrl(
+            0.1,
+            learning_rate_power=-0.7,
+            initial_accumulator_value=0.2,
+            l1_regularization_strength=0.01,
+            l2_regularization_strength=0.1,
+            l2_shrinkage_regularization_strength=0.05,
+            beta=0.3,
+            weight_decay=0.3,
+        ),
+    ),
     ("Ftrl power 0", lambda: O.Ftrl(0.05, learning_rate_power=0.0, beta=0.2)),
     ("Lion + weight_decay", lambda: O.Lion(0.003, weight_decay=0.3)),
     ("Lamb + weight_decay", lambda: O.Lamb(0.01, epsilon=1e-3, weight_decay=0.3)),
     ("Adafactor relative step", lambda: O.Adafactor(0.05, epsilon_2=0.5)),
-    ("Adafactor + schedule + weight_decay", lambda: O.Adafactor(
-        COS, epsilon_1=1e-3, clip_threshold=0.5, weight_decay=0.3)),
-    ("ScheduleFreeAdamW + weight_decay", lambda: O.ScheduleFreeAdamW(
-        0.01, warmup_steps=5, weight_decay=0.1, epsilon=1e-3)),
+    (
+        "Adafactor + schedule + weight_decay",
+        lambda: O.Adafactor(COS, epsilon_1=1e-3, clip_threshold=0.5, weight_decay=0.3),
+    ),
+    (
+        "ScheduleFreeAdamW + weight_decay",
+        lambda: O.ScheduleFreeAdamW(0.01, warmup_steps=5, weight_decay=0.1, epsilon=1e-3),
+    ),
     ("Muon AdamW branch", lambda: O.Muon(0.01, epsilon=1e-3, exclude_layers=["out"])),
     ("LossScaleOptimizer", lambda: O.LossScaleOptimizer(O.Adam(0.01, epsilon=1e-3))),
 ]
@@ -215,11 +229,15 @@ def test_mapped_optimizer_reproduces_the_trajectory(make_opt):
     assert err < TOL, f"mapped trajectory off by {err:.2e} (relative)"
 
 
-@pytest.mark.parametrize("make_opt", [
-    pytest.param(f, id=i) for i, f in CASES
-    if i in {"SGD nesterov", "RMSprop centered momentum",
-             "Ftrl l1 l2 shrinkage beta power + weight_decay"}
-])
+@pytest.mark.parametrize(
+    "make_opt",
+    [
+        pytest.param(f, id=i)
+        for i, f in CASES
+        if i
+        in {"SGD nesterov", "RMSprop centered momentum", "Ftrl l1 l2 shrinkage beta power + weight_decay"}
+    ],
+)
 def test_to_inverted_reproduces_the_trajectory(make_opt):
     err, how_far = run_pair(make_opt, direction="to_inverted")
     assert how_far > 1e-3
@@ -249,16 +267,31 @@ def _clone(opt, p):
 CONTROLS = [
     ("SGD, same lr", lambda: O.SGD(0.1), _clone),
     ("SGD, lr/p (gradient-scale intuition)", lambda: O.SGD(0.1), lambda o, p: O.SGD(0.1 / p)),
-    ("Adam, lr/p, epsilon unmapped", lambda: O.Adam(0.01, epsilon=1e-3),
-     lambda o, p: O.Adam(0.01 / p, epsilon=1e-3)),
-    ("RMSprop, epsilon*p (outside-sqrt map)", lambda: O.RMSprop(0.01, epsilon=1e-3),
-     lambda o, p: O.RMSprop(0.01 / p, epsilon=1e-3 * p)),
-    ("Lamb, Adam's map lr/p", lambda: O.Lamb(0.01, epsilon=1e-3),
-     lambda o, p: O.Lamb(0.01 / p, epsilon=1e-3 * p)),
-    ("SGD, weight_decay unmapped", lambda: O.SGD(0.1, weight_decay=0.3),
-     lambda o, p: O.SGD(0.1 / p**2, weight_decay=0.3)),
-    ("Adam, clipnorm unmapped", lambda: O.Adam(0.01, epsilon=1e-3, clipnorm=0.05),
-     lambda o, p: O.Adam(0.01 / p, epsilon=1e-3 * p, clipnorm=0.05)),
+    (
+        "Adam, lr/p, epsilon unmapped",
+        lambda: O.Adam(0.01, epsilon=1e-3),
+        lambda o, p: O.Adam(0.01 / p, epsilon=1e-3),
+    ),
+    (
+        "RMSprop, epsilon*p (outside-sqrt map)",
+        lambda: O.RMSprop(0.01, epsilon=1e-3),
+        lambda o, p: O.RMSprop(0.01 / p, epsilon=1e-3 * p),
+    ),
+    (
+        "Lamb, Adam's map lr/p",
+        lambda: O.Lamb(0.01, epsilon=1e-3),
+        lambda o, p: O.Lamb(0.01 / p, epsilon=1e-3 * p),
+    ),
+    (
+        "SGD, weight_decay unmapped",
+        lambda: O.SGD(0.1, weight_decay=0.3),
+        lambda o, p: O.SGD(0.1 / p**2, weight_decay=0.3),
+    ),
+    (
+        "Adam, clipnorm unmapped",
+        lambda: O.Adam(0.01, epsilon=1e-3, clipnorm=0.05),
+        lambda o, p: O.Adam(0.01 / p, epsilon=1e-3 * p, clipnorm=0.05),
+    ),
 ]
 
 
@@ -266,6 +299,7 @@ CONTROLS = [
 def test_wrong_maps_diverge(make_opt, wrong):
     def dst_opt(dst, opt):
         return multi_with(dst, mapping.clone_optimizer(opt), wrong(opt, P))
+
     err, _ = run_pair(make_opt, dst_optimizer=dst_opt, steps=8)
     assert err > WRONG, f"a wrong map matched to {err:.1e}: the test cannot tell maps apart"
 
@@ -295,11 +329,16 @@ def fit(model: keras.Model, optimizer, epochs: int = STEPS) -> None:
 
 
 FIT_CASES = [
-    ("AdamW + schedule + clipnorm + EMA", lambda: O.AdamW(
-        COS, weight_decay=0.2, epsilon=1e-3, clipnorm=0.05, use_ema=True, ema_momentum=0.8),
-     "to_standard"),
-    ("LossScaleOptimizer(SGD nesterov)", lambda: O.LossScaleOptimizer(
-        O.SGD(0.05, momentum=0.9, nesterov=True)), "to_inverted"),
+    (
+        "AdamW + schedule + clipnorm + EMA",
+        lambda: O.AdamW(COS, weight_decay=0.2, epsilon=1e-3, clipnorm=0.05, use_ema=True, ema_momentum=0.8),
+        "to_standard",
+    ),
+    (
+        "LossScaleOptimizer(SGD nesterov)",
+        lambda: O.LossScaleOptimizer(O.SGD(0.05, momentum=0.9, nesterov=True)),
+        "to_inverted",
+    ),
 ]
 
 
@@ -325,7 +364,8 @@ def test_fit_l2_max_norm_and_initializer_maps():
     con = conversion.EquivariantMaxNorm(0.5)  # binds: the columns start at norm ~1.2
     src = mlp("inverted", P, kernel_initializer=init, kernel_regularizer=reg, kernel_constraint=con)
     dst = mlp(
-        "standard", P,
+        "standard",
+        P,
         kernel_initializer=conversion.map_initializer(init, P, "to_standard"),
         kernel_regularizer=conversion.map_regularizer(reg, P, "to_standard"),
         kernel_constraint=conversion.map_constraint(con, P, "to_standard"),
@@ -353,23 +393,28 @@ def optimizer_specs(draw):
     elif kind == "adam":
         kw = dict(beta_1=draw(st.floats(0.0, 0.95)), epsilon=eps, amsgrad=draw(st.booleans()))
     elif kind == "rmsprop":
-        kw = dict(rho=draw(st.floats(0.5, 0.99)), momentum=draw(st.floats(0.0, 0.9)),
-                  epsilon=eps, centered=draw(st.booleans()))
+        kw = dict(
+            rho=draw(st.floats(0.5, 0.99)),
+            momentum=draw(st.floats(0.0, 0.9)),
+            epsilon=eps,
+            centered=draw(st.booleans()),
+        )
     elif kind == "adagrad":
         kw = dict(initial_accumulator_value=draw(st.floats(0.0, 1.0)), epsilon=eps)
     else:
-        kw = dict(learning_rate_power=-draw(st.floats(0.0, 1.0)),
-                  initial_accumulator_value=draw(st.floats(0.01, 1.0)),
-                  l1_regularization_strength=draw(st.floats(0.0, 0.1)),
-                  l2_regularization_strength=draw(st.floats(0.0, 0.1)),
-                  beta=draw(st.floats(0.0, 1.0)))
+        kw = dict(
+            learning_rate_power=-draw(st.floats(0.0, 1.0)),
+            initial_accumulator_value=draw(st.floats(0.01, 1.0)),
+            l1_regularization_strength=draw(st.floats(0.0, 0.1)),
+            l2_regularization_strength=draw(st.floats(0.0, 0.1)),
+            beta=draw(st.floats(0.0, 1.0)),
+        )
     cls = dict(sgd=O.SGD, adam=O.Adam, rmsprop=O.RMSprop, adagrad=O.Adagrad, ftrl=O.Ftrl)[kind]
     return cls, dict(learning_rate=lr, weight_decay=wd, **kw)
 
 
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(spec=optimizer_specs(), keep_prob=st.floats(0.2, 1.0),
-       direction=st.sampled_from(mapping.DIRECTIONS))
+@given(spec=optimizer_specs(), keep_prob=st.floats(0.2, 1.0), direction=st.sampled_from(mapping.DIRECTIONS))
 def test_random_hyperparameters_reproduce_the_trajectory(spec, keep_prob, direction):
     cls, kw = spec
     src, dst = twins(direction, keep_prob)
@@ -386,8 +431,11 @@ def _numbers(opt) -> dict[str, float]:
     """The numbers the optimizer computes with."""
     cfg = mapping._base_config(opt)
     cfg["learning_rate"] = float(ops.convert_to_numpy(opt.learning_rate))
-    return {k: mapping._keras_scalar(v) if k in CAST else float(v) for k, v in cfg.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {
+        k: mapping._keras_scalar(v) if k in CAST else float(v)
+        for k, v in cfg.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
 
 
 @settings(max_examples=40, deadline=None)
@@ -416,30 +464,63 @@ TABLE = [  # (optimizer factory, expected mapped values at p = 1/2)
     (lambda: O.Adamax(0.1, epsilon=0.01), dict(lr=0.2, epsilon=0.005)),
     (lambda: O.Nadam(0.1, epsilon=0.01), dict(lr=0.2, epsilon=0.005)),
     (lambda: O.RMSprop(0.1, epsilon=0.01), dict(lr=0.2, epsilon=0.0025)),
-    (lambda: O.Adagrad(0.1, epsilon=0.01, initial_accumulator_value=0.5),
-     dict(lr=0.2, epsilon=0.0025, initial_accumulator_value=0.125)),
+    (
+        lambda: O.Adagrad(0.1, epsilon=0.01, initial_accumulator_value=0.5),
+        dict(lr=0.2, epsilon=0.0025, initial_accumulator_value=0.125),
+    ),
     (lambda: O.Adadelta(0.1, epsilon=0.01), dict(lr=0.4, epsilon=0.0025)),
-    (lambda: O.Ftrl(0.1, l1_regularization_strength=0.5, l2_regularization_strength=0.5,
-                    l2_shrinkage_regularization_strength=0.5, beta=0.5,
-                    initial_accumulator_value=0.5),
-     dict(lr=0.2, l1_regularization_strength=0.25, l2_regularization_strength=0.125,
-          l2_shrinkage_regularization_strength=0.125, beta=0.25, initial_accumulator_value=0.125)),
+    (
+        lambda: O.Ftrl(
+            0.1,
+            l1_regularization_strength=0.5,
+            l2_regularization_strength=0.5,
+            l2_shrinkage_regularization_strength=0.5,
+            beta=0.5,
+            initial_accumulator_value=0.5,
+        ),
+        dict(
+            lr=0.2,
+            l1_regularization_strength=0.25,
+            l2_regularization_strength=0.125,
+            l2_shrinkage_regularization_strength=0.125,
+            beta=0.25,
+            initial_accumulator_value=0.125,
+        ),
+    ),
     (lambda: O.Ftrl(0.1, learning_rate_power=0.0, beta=0.5), dict(lr=0.4, beta=0.5)),
     (lambda: O.Lion(0.1, weight_decay=0.5), dict(lr=0.2, weight_decay=0.25)),
-    (lambda: O.Lamb(0.1, epsilon=0.01, weight_decay=0.5),
-     dict(lr=0.1, epsilon=0.005, weight_decay=0.5)),
-    (lambda: O.Adafactor(0.1, epsilon_1=0.01, epsilon_2=0.0625),
-     dict(lr=0.1, epsilon_1=0.0025, epsilon_2=0.125)),
-    (lambda: O.ScheduleFreeAdamW(0.1, epsilon=0.0625, weight_decay=0.5),
-     dict(lr=0.2, epsilon=0.03125, weight_decay=0.25)),
-    (lambda: O.Muon(0.1, epsilon=0.01, adam_weight_decay=0.5, exclude_layers=[".*"]),
-     dict(lr=0.2, epsilon=0.005, adam_weight_decay=0.25)),
-    (lambda: O.AdamW(0.1, weight_decay=0.5, clipnorm=1.0),
-     dict(lr=0.2, weight_decay=0.25, clipnorm=0.5)),
-    (lambda: O.SGD(0.1, clipvalue=1.0, use_ema=True, ema_momentum=0.5,
-                   gradient_accumulation_steps=2, loss_scale_factor=8.0),
-     dict(lr=0.4, clipvalue=0.5, use_ema=True, ema_momentum=0.5,
-          gradient_accumulation_steps=2, loss_scale_factor=8.0)),
+    (lambda: O.Lamb(0.1, epsilon=0.01, weight_decay=0.5), dict(lr=0.1, epsilon=0.005, weight_decay=0.5)),
+    (
+        lambda: O.Adafactor(0.1, epsilon_1=0.01, epsilon_2=0.0625),
+        dict(lr=0.1, epsilon_1=0.0025, epsilon_2=0.125),
+    ),
+    (
+        lambda: O.ScheduleFreeAdamW(0.1, epsilon=0.0625, weight_decay=0.5),
+        dict(lr=0.2, epsilon=0.03125, weight_decay=0.25),
+    ),
+    (
+        lambda: O.Muon(0.1, epsilon=0.01, adam_weight_decay=0.5, exclude_layers=[".*"]),
+        dict(lr=0.2, epsilon=0.005, adam_weight_decay=0.25),
+    ),
+    (lambda: O.AdamW(0.1, weight_decay=0.5, clipnorm=1.0), dict(lr=0.2, weight_decay=0.25, clipnorm=0.5)),
+    (
+        lambda: O.SGD(
+            0.1,
+            clipvalue=1.0,
+            use_ema=True,
+            ema_momentum=0.5,
+            gradient_accumulation_steps=2,
+            loss_scale_factor=8.0,
+        ),
+        dict(
+            lr=0.4,
+            clipvalue=0.5,
+            use_ema=True,
+            ema_momentum=0.5,
+            gradient_accumulation_steps=2,
+            loss_scale_factor=8.0,
+        ),
+    ),
 ]
 
 
@@ -487,20 +568,23 @@ def test_mapped_multi_optimizer_assigns_only_consuming_kernels():
     opt = O.Adam(0.01)
     multi = mapping.mapped_multi_optimizer(dst, opt, "to_standard")
     multi.build(dst.trainable_variables)
-    mapped = [v.path.split("/", 1)[1] for v in dst.trainable_variables
-              if multi._optimizer_map[v.path] is not multi._optimizer_map.default_optimizer]
+    mapped = [
+        v.path.split("/", 1)[1]
+        for v in dst.trainable_variables
+        if multi._optimizer_map[v.path] is not multi._optimizer_map.default_optimizer
+    ]
     assert mapped == ["out/kernel"]
     assert all(o is not opt for o in multi.optimizers)  # nothing shared with the source
-    explicit = mapping.mapped_multi_optimizer(
-        dst, opt, "to_standard", keep_prob=P, consuming_layers=["out"])
+    explicit = mapping.mapped_multi_optimizer(dst, opt, "to_standard", keep_prob=P, consuming_layers=["out"])
     assert [p for p in explicit._optimizer_map] == [re.escape(dst.get_layer("out").kernel.path)]
 
 
 # ---------------------------------------------------------------- errors
 
 
-@pytest.mark.parametrize("opt", [O.SGD(0.1, global_clipnorm=1.0), O.Adam(global_clipnorm=1.0)],
-                         ids=["SGD", "Adam"])
+@pytest.mark.parametrize(
+    "opt", [O.SGD(0.1, global_clipnorm=1.0), O.Adam(global_clipnorm=1.0)], ids=["SGD", "Adam"]
+)
 def test_global_clipnorm_raises(opt):
     with pytest.raises(NoExactMapError, match="global norm"):
         mapping.to_standard(opt, P)

@@ -54,8 +54,9 @@ def test_gradient_check(seed, kp, variant, activation, loss, use_l2):
     sizes = (4, 5, 4, 3)
     params, x, y, masks = _net(seed, kp, sizes=sizes, batch=6, classes=loss == "softmax_xent")
     l2 = {"W1": 0.03, "W3": 0.1, "b2": 0.05} if use_l2 else None
-    err = mlp.gradient_check(params, x, y, variant=variant, keep_probs=kp, masks=masks,
-                             activation=activation, loss=loss, l2=l2)
+    err = mlp.gradient_check(
+        params, x, y, variant=variant, keep_probs=kp, masks=masks, activation=activation, loss=loss, l2=l2
+    )
     assert err < GRADCHECK_TOL, f"backprop disagrees with finite differences: {err:.2e}"
 
 
@@ -86,16 +87,33 @@ SAME_FUNCTION_TOL = 2e-15
 
 
 @settings(max_examples=30, deadline=None)
-@given(seed=seeds, kp=st.tuples(keep_prob, keep_prob, keep_prob),
-       activation=st.sampled_from(["relu", "tanh", "sigmoid"]))
+@given(
+    seed=seeds,
+    kp=st.tuples(keep_prob, keep_prob, keep_prob),
+    activation=st.sampled_from(["relu", "tanh", "sigmoid"]),
+)
 def test_same_function_train_and_test(seed, kp, activation):
     params_inv, x, _, masks = _net(seed, kp)
     params_std = mlp.to_standard_params(params_inv, kp)
     for training, m in ((True, masks), (False, None)):
-        z_inv, _ = mlp.forward(params_inv, x, variant="inverted", keep_probs=kp, masks=m,
-                               training=training, activation=activation)
-        z_std, _ = mlp.forward(params_std, x, variant="standard", keep_probs=kp, masks=m,
-                               training=training, activation=activation)
+        z_inv, _ = mlp.forward(
+            params_inv,
+            x,
+            variant="inverted",
+            keep_probs=kp,
+            masks=m,
+            training=training,
+            activation=activation,
+        )
+        z_std, _ = mlp.forward(
+            params_std,
+            x,
+            variant="standard",
+            keep_probs=kp,
+            masks=m,
+            training=training,
+            activation=activation,
+        )
         assert _rel(z_std, z_inv) < SAME_FUNCTION_TOL, (training, _rel(z_std, z_inv))
 
 
@@ -107,8 +125,10 @@ def test_same_function_is_bitwise_for_p_one_half():
     z_inv, _ = mlp.forward(params_inv, x, variant="inverted", keep_probs=kp, masks=masks, training=True)
     z_std, _ = mlp.forward(params_std, x, variant="standard", keep_probs=kp, masks=masks, training=True)
     assert np.array_equal(z_inv, z_std)
-    assert np.array_equal(mlp.predict(params_inv, x, variant="inverted", keep_probs=kp),
-                          mlp.predict(params_std, x, variant="standard", keep_probs=kp))
+    assert np.array_equal(
+        mlp.predict(params_inv, x, variant="inverted", keep_probs=kp),
+        mlp.predict(params_std, x, variant="standard", keep_probs=kp),
+    )
 
 
 @settings(max_examples=15, deadline=None)
@@ -161,8 +181,11 @@ def test_parameter_maps_round_trip_and_leave_biases():
 
 
 @settings(max_examples=25, deadline=None)
-@given(seed=seeds, kp=st.tuples(st.just(1.0), keep_prob, keep_prob),
-       loss=st.sampled_from(["mse", "softmax_xent"]))
+@given(
+    seed=seeds,
+    kp=st.tuples(st.just(1.0), keep_prob, keep_prob),
+    loss=st.sampled_from(["mse", "softmax_xent"]),
+)
 def test_gradient_relation(seed, kp, loss):
     """dL/dW_inv = dL/dW_std / p on consuming weights; every other gradient equal.
 
@@ -170,10 +193,12 @@ def test_gradient_relation(seed, kp, loss):
     """
     params_inv, x, y, masks = _net(seed, kp, classes=loss == "softmax_xent")
     params_std = mlp.to_standard_params(params_inv, kp)
-    l_inv, g_inv = mlp.loss_and_grads(params_inv, x, y, variant="inverted", keep_probs=kp,
-                                      masks=masks, loss=loss)
-    l_std, g_std = mlp.loss_and_grads(params_std, x, y, variant="standard", keep_probs=kp,
-                                      masks=masks, loss=loss)
+    l_inv, g_inv = mlp.loss_and_grads(
+        params_inv, x, y, variant="inverted", keep_probs=kp, masks=masks, loss=loss
+    )
+    l_std, g_std = mlp.loss_and_grads(
+        params_std, x, y, variant="standard", keep_probs=kp, masks=masks, loss=loss
+    )
     assert l_std == pytest.approx(l_inv, rel=1e-14)
     consumers = mlp.consuming_weights(kp)
     assert set(consumers) == {"W2", "W3"}

@@ -61,8 +61,9 @@ class Inverted:
 
     def __init__(self, opt, steps: int = STEPS, *, kp=KP, p0=P0, masks=MASKS, **kw) -> None:
         self.kp, self.p0, self.masks, self.kw = kp, p0, masks, kw
-        self.run = train(p0, BATCHES, masks, variant="inverted", keep_probs=kp, optimizer=opt,
-                         steps=steps, **kw)
+        self.run = train(
+            p0, BATCHES, masks, variant="inverted", keep_probs=kp, optimizer=opt, steps=steps, **kw
+        )
         # how far training moved (so a small gap does not come from a frozen net)
         self.moved = mlp.relative_difference(self.run.params, p0)
 
@@ -70,9 +71,16 @@ class Inverted:
         """Worst relative difference over the first ``steps`` steps between this run and the
         standard run (from ``W / p``) mapped back to inverted coordinates."""
         steps = len(self.run.history) - 1 if steps is None else steps
-        std = train(mlp.to_standard_params(self.p0, self.kp), BATCHES, self.masks,
-                    variant="standard", keep_probs=self.kp, optimizer=opt_std, steps=steps,
-                    **{**self.kw, **std_kw})
+        std = train(
+            mlp.to_standard_params(self.p0, self.kp),
+            BATCHES,
+            self.masks,
+            variant="standard",
+            keep_probs=self.kp,
+            optimizer=opt_std,
+            steps=steps,
+            **{**self.kw, **std_kw},
+        )
         # mlp.relative_difference(mlp.to_inverted_params(s_t, kp), i_t), max over every step
         # t, vectorised over the steps (the per-step loop costs as much as training)
         scale = mlp.per_parameter(1.0, self.p0, self.kp, 1)
@@ -160,9 +168,11 @@ def test_keras_adagrad_initial_accumulator_must_be_mapped_too():
 
 
 @settings(max_examples=6, deadline=None)
-@given(seed=st.integers(0, 2**32 - 1),
-       kp=st.tuples(*[st.floats(0.2, 1.0)] * 3),
-       which=st.sampled_from(["momentum", "adam-keras", "rmsprop-keras"]))
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    kp=st.tuples(*[st.floats(0.2, 1.0)] * 3),
+    which=st.sampled_from(["momentum", "adam-keras", "rmsprop-keras"]),
+)
 def test_maps_hold_for_random_keep_probs(seed, kp, which):
     rng = np.random.default_rng(seed)
     p0 = mlp.init_params(SIZES, rng, bias_scale=0.1)
@@ -198,6 +208,7 @@ def test_l2_penalty_map_lambda_times_p_squared(opt):
 
 # ---------------------------------------------------- decoupled weight decay (#6)
 
+
 def _cosine(t: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * t / STEPS))
 
@@ -206,16 +217,38 @@ DECAY_CASES = {
     # label: (make(lr, eps, wd), lr power, eps power, wd, wd power that maps, wd powers that fail)
     "SGD, Keras/PyTorch form": (lambda lr, eps, wd: SGD(lr, weight_decay=wd), -2, 0, 0.05, 2, (0, 1)),
     "SGD momentum, Keras form": (
-        lambda lr, eps, wd: SGD(lr, momentum=0.9, weight_decay=wd), -2, 0, 0.05, 2, (0, 1)),
+        lambda lr, eps, wd: SGD(lr, momentum=0.9, weight_decay=wd),
+        -2,
+        0,
+        0.05,
+        2,
+        (0, 1),
+    ),
     "AdamW, Keras/PyTorch form": (
-        lambda lr, eps, wd: Adam(lr, eps=eps, weight_decay=wd), -1, 1, 0.5, 1, (0, 2)),
+        lambda lr, eps, wd: Adam(lr, eps=eps, weight_decay=wd),
+        -1,
+        1,
+        0.5,
+        1,
+        (0, 2),
+    ),
     # Loshchilov & Hutter: w -= eta_t * wd * w, not multiplied by lr (a per-step decay)
     "SGDW, Loshchilov-Hutter form": (
         lambda lr, eps, wd: SGD(lr, momentum=0.9, weight_decay=wd, decay_form="lh", schedule=_cosine),
-        -2, 0, 0.01, 0, (1, 2)),
+        -2,
+        0,
+        0.01,
+        0,
+        (1, 2),
+    ),
     "AdamW, Loshchilov-Hutter form": (
         lambda lr, eps, wd: Adam(lr, eps=eps, weight_decay=wd, decay_form="lh", schedule=_cosine),
-        -1, 1, 0.01, 0, (1, 2)),
+        -1,
+        1,
+        0.01,
+        0,
+        (1, 2),
+    ),
 }
 
 
@@ -234,8 +267,10 @@ def test_decoupled_weight_decay_maps(label):
 
 
 def _max_norm_constraints(c, eps, power_c=0.0, power_eps=0.0, kp=KP):
-    return {f"W{k}": (lambda w, ck=c * p**power_c, ek=eps * p**power_eps: max_norm(w, ck, eps=ek))
-            for k, p in enumerate(kp, start=1)}
+    return {
+        f"W{k}": (lambda w, ck=c * p**power_c, ek=eps * p**power_eps: max_norm(w, ck, eps=ek))
+        for k, p in enumerate(kp, start=1)
+    }
 
 
 def test_max_norm_map_c_over_p():
@@ -327,17 +362,18 @@ def test_clip_helpers():
 def test_paper_and_keras_forms_agree_without_eps_and_differ_with_it(name):
     """With eps -> 0 (and Adagrad's G_0 = 0) both forms are the same algorithm; eps's
     placement is the only difference."""
+
     def pair(eps):
         if name == "adam":
             return Adam(ETA_A, eps=eps), Adam(ETA_A, eps=eps, form="paper")
         if name == "rmsprop":
             return RMSprop(ETA_A, eps=eps), RMSprop(ETA_A, eps=eps, form="paper")
-        return (Adagrad(ETA_A, eps=eps, initial_accumulator_value=0.0),
-                Adagrad(ETA_A, eps=eps, form="paper"))
+        return (Adagrad(ETA_A, eps=eps, initial_accumulator_value=0.0), Adagrad(ETA_A, eps=eps, form="paper"))
 
     def run(opt):
-        return train(P0, BATCHES, MASKS, variant="inverted", keep_probs=KP, optimizer=opt,
-                     steps=CONTROL_STEPS).params
+        return train(
+            P0, BATCHES, MASKS, variant="inverted", keep_probs=KP, optimizer=opt, steps=CONTROL_STEPS
+        ).params
 
     keras_form, paper_form = pair(1e-30)  # not 0: dropped inputs give g = v = 0, and 0/0
     assert mlp.relative_difference(run(keras_form), run(paper_form)) < 1e-13
@@ -347,15 +383,23 @@ def test_paper_and_keras_forms_agree_without_eps_and_differ_with_it(name):
 
 def test_keras_nesterov_iterate_is_the_papers_lookahead_point():
     """Keras's Nesterov variable is Sutskever et al.'s w + mu v (Bengio et al., 2013)."""
-    keras_run = train(P0, BATCHES, MASKS, variant="inverted", keep_probs=KP,
-                      optimizer=SGD(ETA, momentum=0.9, nesterov=True), steps=CONTROL_STEPS)
+    keras_run = train(
+        P0,
+        BATCHES,
+        MASKS,
+        variant="inverted",
+        keep_probs=KP,
+        optimizer=SGD(ETA, momentum=0.9, nesterov=True),
+        steps=CONTROL_STEPS,
+    )
     paper, lookahead = SGD(ETA, momentum=0.9, nesterov=True, form="paper"), []
     params = {n: v.copy() for n, v in P0.items()}
     for t in range(CONTROL_STEPS):
         point = paper.eval_point(params)
         lookahead.append({n: v.copy() for n, v in point.items()})
-        _, grads = mlp.loss_and_grads(point, *BATCHES[t % 4], variant="inverted", keep_probs=KP,
-                                      masks=MASKS[t])
+        _, grads = mlp.loss_and_grads(
+            point, *BATCHES[t % 4], variant="inverted", keep_probs=KP, masks=MASKS[t]
+        )
         paper.step(params, grads)
     worst = max(mlp.relative_difference(a, b) for a, b in zip(lookahead, keras_run.history))
     assert worst < 1e-13
@@ -369,7 +413,9 @@ def test_first_adam_step_by_hand():
     w = np.array([1.0, 1.0, 1.0])
     lr, b1, b2, eps = 0.1, 0.9, 0.999, 1e-3
     Adam(lr, beta_1=b1, beta_2=b2, eps=eps).step({"w": w}, {"w": g})
-    expected = 1.0 - (1 - b1) * g * (lr * math.sqrt(1 - b2) / (1 - b1)) / (math.sqrt(1 - b2) * np.abs(g) + eps)
+    expected = 1.0 - (1 - b1) * g * (lr * math.sqrt(1 - b2) / (1 - b1)) / (
+        math.sqrt(1 - b2) * np.abs(g) + eps
+    )
     assert w == pytest.approx(expected, rel=1e-15)
 
 

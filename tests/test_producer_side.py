@@ -91,8 +91,10 @@ def test_block_needs_the_bias_divided_by_the_residual_factor_only():
     keras.utils.set_random_seed(3)
     inv = ps.transformer_block_model("inverted", **kw)
     std = ps.transformer_block_model("standard", **kw)
-    right = ps.combine(ps.absorbing(inv, r"mha/attention_output/kernel", P),
-                       ps.absorbing(inv, r"mha/attention_output/(kernel|bias)", 0.5))
+    right = ps.combine(
+        ps.absorbing(inv, r"mha/attention_output/kernel", P),
+        ps.absorbing(inv, r"mha/attention_output/(kernel|bias)", 0.5),
+    )
     x = np.random.default_rng(0).normal(size=(4, 3, 2))
     ps.copy_scaled(inv, std, right)
     a, b = np.asarray(inv(x, training=True)), np.asarray(std(x, training=True))

@@ -29,8 +29,13 @@ from dropout_lib.exact.torch_optimizers import (
 
 MAP_TOL, CONTROL_GAP, MIN_MOVED = 1e-12, 1e-3, 0.05
 SIZES, KEEP_PROBS, BATCH, N_BATCHES, STEPS = (8, 16, 16, 4), (0.8, 1.0, 0.6), 32, 8, 400
-CLASSES = {"SGD": TorchSGD, "Adam": TorchAdam, "AdamW": TorchAdamW,
-           "RMSprop": TorchRMSprop, "Adagrad": TorchAdagrad}
+CLASSES = {
+    "SGD": TorchSGD,
+    "Adam": TorchAdam,
+    "AdamW": TorchAdamW,
+    "RMSprop": TorchRMSprop,
+    "Adagrad": TorchAdagrad,
+}
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +43,10 @@ def problem():
     rng = np.random.default_rng(1929)
     params = mlp.init_params(SIZES, rng, bias_scale=0.1)
     teacher = rng.normal(size=(SIZES[0], SIZES[-1]))
-    batches = [(x, np.eye(SIZES[-1])[np.argmax(x @ teacher, axis=1)])
-               for x in rng.normal(size=(N_BATCHES, BATCH, SIZES[0]))]
+    batches = [
+        (x, np.eye(SIZES[-1])[np.argmax(x @ teacher, axis=1)])
+        for x in rng.normal(size=(N_BATCHES, BATCH, SIZES[0]))
+    ]
     masks = [mlp.sample_masks(SIZES, KEEP_PROBS, BATCH, rng) for _ in range(STEPS)]
     return params, batches, masks
 
@@ -47,8 +54,14 @@ def problem():
 def _mapped_kwargs(name, hp, params, mapper=pytorch.map_param_group):
     """Per-parameter hyperparameters: the map on each consuming kernel, hp elsewhere."""
     consumers = mlp.consuming_weights(KEEP_PROBS)
-    groups = {n: (mapper(name, hp, consumers[n], "to_standard") if n in consumers else
-                  {**pytorch.DEFAULTS[name], **hp}) for n in params}
+    groups = {
+        n: (
+            mapper(name, hp, consumers[n], "to_standard")
+            if n in consumers
+            else {**pytorch.DEFAULTS[name], **hp}
+        )
+        for n in params
+    }
     per_param = ("lr", "eps", "weight_decay", "initial_accumulator_value")
     out = {k: v for k, v in hp.items() if k not in per_param}
     for key in per_param:
@@ -61,25 +74,39 @@ def _run(problem, name, hp, standard_hp):
     params, batches, masks = problem
     cls = CLASSES[name]
     return compare.compare_training(
-        params, batches, masks, keep_probs=KEEP_PROBS, steps=STEPS, loss="softmax_xent",
-        optimizer_inverted=lambda: cls(**hp), optimizer_standard=lambda: cls(**standard_hp))
+        params,
+        batches,
+        masks,
+        keep_probs=KEEP_PROBS,
+        steps=STEPS,
+        loss="softmax_xent",
+        optimizer_inverted=lambda: cls(**hp),
+        optimizer_standard=lambda: cls(**standard_hp),
+    )
 
 
 CASES = {
     "SGD, momentum, dampening, coupled decay": (
-        "SGD", dict(lr=0.05, momentum=0.9, dampening=0.1, weight_decay=1e-2)),
+        "SGD",
+        dict(lr=0.05, momentum=0.9, dampening=0.1, weight_decay=1e-2),
+    ),
     "SGD, Nesterov": ("SGD", dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-2)),
     "SGD, clip_grad_value_": ("SGD", dict(lr=0.05, momentum=0.9, clip_value=0.02)),
     "Adam, coupled decay": ("Adam", dict(lr=5e-3, eps=1e-3, weight_decay=3e-2)),
     "Adam, AMSGrad": ("Adam", dict(lr=5e-3, eps=1e-3, amsgrad=True)),
     "Adam, decoupled_weight_decay": (
-        "Adam", dict(lr=5e-3, eps=1e-3, weight_decay=0.1, decoupled_weight_decay=True)),
+        "Adam",
+        dict(lr=5e-3, eps=1e-3, weight_decay=0.1, decoupled_weight_decay=True),
+    ),
     "AdamW (default weight_decay)": ("AdamW", dict(lr=5e-3, eps=1e-3)),
     "RMSprop, centered, momentum": (
-        "RMSprop", dict(lr=1e-3, eps=1e-2, momentum=0.5, centered=True, weight_decay=1e-2)),
+        "RMSprop",
+        dict(lr=1e-3, eps=1e-2, momentum=0.5, centered=True, weight_decay=1e-2),
+    ),
     "Adagrad, lr_decay, accumulator": (
-        "Adagrad", dict(lr=0.05, lr_decay=1e-2, initial_accumulator_value=0.1, eps=1e-2,
-                        weight_decay=1e-2)),
+        "Adagrad",
+        dict(lr=0.05, lr_decay=1e-2, initial_accumulator_value=0.1, eps=1e-2, weight_decay=1e-2),
+    ),
 }
 
 
@@ -114,15 +141,18 @@ def _gap_with(problem, name, hp, **override):
     return _run(problem, name, hp, kw).final
 
 
-@pytest.mark.parametrize("case, override, what", [
-    ("RMSprop, centered, momentum", {"eps": 2}, "Keras's RMSprop map eps p^2"),
-    ("Adagrad, lr_decay, accumulator", {"eps": 2}, "Keras's Adagrad map eps p^2"),
-    ("Adagrad, lr_decay, accumulator", {"initial_accumulator_value": 0}, "accumulator unmapped"),
-    ("Adam, coupled decay", {"weight_decay": 1}, "Keras's Adam weight_decay map wd p"),
-    ("AdamW (default weight_decay)", {"weight_decay": 0}, "AdamW's default 0.01 unmapped"),
-    ("SGD, momentum, dampening, coupled decay", {"lr": -1}, "SGD lr / p"),
-    ("SGD, clip_grad_value_", {"clip_value": 0}, "clip value unmapped"),
-])
+@pytest.mark.parametrize(
+    "case, override, what",
+    [
+        ("RMSprop, centered, momentum", {"eps": 2}, "Keras's RMSprop map eps p^2"),
+        ("Adagrad, lr_decay, accumulator", {"eps": 2}, "Keras's Adagrad map eps p^2"),
+        ("Adagrad, lr_decay, accumulator", {"initial_accumulator_value": 0}, "accumulator unmapped"),
+        ("Adam, coupled decay", {"weight_decay": 1}, "Keras's Adam weight_decay map wd p"),
+        ("AdamW (default weight_decay)", {"weight_decay": 0}, "AdamW's default 0.01 unmapped"),
+        ("SGD, momentum, dampening, coupled decay", {"lr": -1}, "SGD lr / p"),
+        ("SGD, clip_grad_value_", {"clip_value": 0}, "clip value unmapped"),
+    ],
+)
 def test_pytorch_wrong_maps_fail(problem, case, override, what):
     name, hp = CASES[case]
     gap = _gap_with(problem, name, hp, **override)
@@ -133,8 +163,9 @@ def test_clip_value_is_active(problem):
     """The clip_grad_value_ case clips: some consuming-kernel gradient entry exceeds v."""
     params, batches, masks = problem
     x, y = batches[0]
-    g = mlp.loss_and_grads(params, x, y, variant="inverted", keep_probs=KEEP_PROBS,
-                           masks=masks[0], loss="softmax_xent")[1]
+    g = mlp.loss_and_grads(
+        params, x, y, variant="inverted", keep_probs=KEEP_PROBS, masks=masks[0], loss="softmax_xent"
+    )[1]
     v = CASES["SGD, clip_grad_value_"][1]["clip_value"]
     assert np.abs(g["W1"]).max() > v and np.abs(g["W3"]).max() > v
 
@@ -142,18 +173,20 @@ def test_clip_value_is_active(problem):
 def test_map_param_group_round_trip_and_defaults():
     hp = dict(lr=1e-3, eps=1e-8, weight_decay=0.1, betas=(0.9, 0.99))
     for name in ("Adam", "AdamW", "RMSprop", "Adagrad"):
-        there = pytorch.map_param_group(name, {k: v for k, v in hp.items()
-                                               if k != "betas" or name.startswith("Adam")},
-                                        0.8, "to_standard")
+        there = pytorch.map_param_group(
+            name, {k: v for k, v in hp.items() if k != "betas" or name.startswith("Adam")}, 0.8, "to_standard"
+        )
         back = pytorch.map_param_group(name, there, 0.8, "to_inverted")
         for key in ("lr", "eps", "weight_decay"):
             assert back[key] == pytest.approx(hp[key], rel=1e-15)
     # AdamW's default weight_decay (0.01) is mapped even when not given
-    assert pytorch.map_param_group("AdamW", {"lr": 1e-3}, 0.5, "to_standard")["weight_decay"] \
-        == pytest.approx(0.005, rel=1e-15)
+    assert pytorch.map_param_group("AdamW", {"lr": 1e-3}, 0.5, "to_standard")[
+        "weight_decay"
+    ] == pytest.approx(0.005, rel=1e-15)
     # Adagrad's accumulator: PyTorch default 0 maps to 0; a given one by p^2
-    assert pytorch.map_param_group("Adagrad", {"initial_accumulator_value": 0.1}, 0.5,
-                                   "to_standard")["initial_accumulator_value"] == pytest.approx(0.025)
+    assert pytorch.map_param_group("Adagrad", {"initial_accumulator_value": 0.1}, 0.5, "to_standard")[
+        "initial_accumulator_value"
+    ] == pytest.approx(0.025)
     assert pytorch.keep_prob_from_torch_p(0.2) == pytest.approx(0.8)
 
 
@@ -176,16 +209,16 @@ def test_where_pytorch_and_keras_maps_agree_and_differ(keras_float64):
 
     p = 0.8
     k_sgd = mapping.to_standard(keras.optimizers.SGD(learning_rate=0.1), p)
-    k_adam = mapping.to_standard(keras.optimizers.AdamW(learning_rate=1e-3, epsilon=1e-7,
-                                                        weight_decay=0.01), p)
+    k_adam = mapping.to_standard(
+        keras.optimizers.AdamW(learning_rate=1e-3, epsilon=1e-7, weight_decay=0.01), p
+    )
     k_rms = mapping.to_standard(keras.optimizers.RMSprop(learning_rate=1e-3, epsilon=1e-7), p)
     t_sgd = pytorch.map_param_group("SGD", {"lr": 0.1}, p, "to_standard")
     t_adamw = pytorch.map_param_group("AdamW", {"lr": 1e-3, "eps": 1e-7}, p, "to_standard")
     t_rms = pytorch.map_param_group("RMSprop", {"lr": 1e-3, "eps": 1e-7}, p, "to_standard")
     assert float(k_sgd.learning_rate.numpy()) == pytest.approx(t_sgd["lr"], rel=1e-12)
     assert k_adam.epsilon == pytest.approx(t_adamw["eps"], rel=1e-12)
-    assert float(k_adam.weight_decay) / 0.01 == pytest.approx(t_adamw["weight_decay"] / 0.01,
-                                                              rel=1e-6)
+    assert float(k_adam.weight_decay) / 0.01 == pytest.approx(t_adamw["weight_decay"] / 0.01, rel=1e-6)
     # RMSprop: Keras's epsilon is inside the root (p^2), PyTorch's outside (p)
     assert k_rms.epsilon == pytest.approx(1e-7 * p**2, rel=1e-12)
     assert t_rms["eps"] == pytest.approx(1e-7 * p, rel=1e-12)
@@ -203,12 +236,19 @@ def test_clip_grad_norm_has_no_exact_map_because_of_its_epsilon(problem, eps, ma
     clip = {n: c * consumers.get(n, 1.0) for n in params}
     kw = _mapped("SGD", dict(lr=0.05, momentum=0.9), params)
     run = compare.compare_training(
-        params, batches, masks, keep_probs=KEEP_PROBS, steps=STEPS, loss="softmax_xent",
+        params,
+        batches,
+        masks,
+        keep_probs=KEEP_PROBS,
+        steps=STEPS,
+        loss="softmax_xent",
         optimizer_inverted=lambda: TorchSGD(0.05, momentum=0.9, clip_norm=c, clip_norm_eps=eps),
-        optimizer_standard=lambda: TorchSGD(**kw, clip_norm=clip, clip_norm_eps=eps))
+        optimizer_standard=lambda: TorchSGD(**kw, clip_norm=clip, clip_norm_eps=eps),
+    )
     x, y = batches[0]
-    g = mlp.loss_and_grads(params, x, y, variant="inverted", keep_probs=KEEP_PROBS,
-                           masks=masks[0], loss="softmax_xent")[1]
+    g = mlp.loss_and_grads(
+        params, x, y, variant="inverted", keep_probs=KEEP_PROBS, masks=masks[0], loss="softmax_xent"
+    )[1]
     assert np.linalg.norm(g["W1"]) > c and np.linalg.norm(g["W3"]) > c  # the clip acts
     if mapped:
         assert run.worst <= MAP_TOL, run.worst

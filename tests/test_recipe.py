@@ -46,8 +46,8 @@ def _table(name: str) -> str:
 @pytest.mark.parametrize("direction", ["to_inverted", "to_standard"])
 def test_page_tables_are_the_librarys(direction):
     assert _table(direction) == recipe.table_markdown(direction), (
-        "recipe.md's table differs from dropout_lib.recipe; regenerate it with "
-        "`python -m dropout_lib.recipe`")
+        "recipe.md's table differs from dropout_lib.recipe; regenerate it with `python -m dropout_lib.recipe`"
+    )
 
 
 def test_page_pytorch_table_is_the_librarys():
@@ -58,12 +58,27 @@ def test_page_pytorch_table_is_the_librarys():
 # thm-sgd-map, thm-adaptive-map, thm-l2-map, thm-decay-map, thm-max-norm-map,
 # prop-init-map, prop-clip-map); None: no map (prop-global-clip, thm-shared-no-map).
 THEOREMS = {
-    "weights": 1, "initialiser scale": 1, "VarianceScaling": 2, "SGD `learning_rate`": 2,
-    "SGD `weight_decay`": -2, "Adam, AdamW `learning_rate`": 1, "Adam, AdamW `epsilon`": -1,
-    "Adam, AdamW `weight_decay`": -1, "RMSprop `learning_rate`": 1, "RMSprop `epsilon`": -2,
-    "Adagrad `learning_rate`": 1, "Adagrad `epsilon`": -2, "Adagrad `initial_accumulator": -2,
-    "L2": -2, "L1": -1, "max-norm": 1, "`clipnorm`": -1, "`clipvalue`": -1, "`momentum`": 0,
-    "`global_clipnorm`": None, "a kernel shared": None,
+    "weights": 1,
+    "initialiser scale": 1,
+    "VarianceScaling": 2,
+    "SGD `learning_rate`": 2,
+    "SGD `weight_decay`": -2,
+    "Adam, AdamW `learning_rate`": 1,
+    "Adam, AdamW `epsilon`": -1,
+    "Adam, AdamW `weight_decay`": -1,
+    "RMSprop `learning_rate`": 1,
+    "RMSprop `epsilon`": -2,
+    "Adagrad `learning_rate`": 1,
+    "Adagrad `epsilon`": -2,
+    "Adagrad `initial_accumulator": -2,
+    "L2": -2,
+    "L1": -1,
+    "max-norm": 1,
+    "`clipnorm`": -1,
+    "`clipvalue`": -1,
+    "`momentum`": 0,
+    "`global_clipnorm`": None,
+    "a kernel shared": None,
 }
 
 
@@ -116,8 +131,10 @@ def test_rescaling_pair_is_the_papers_dropout(dtype, rate):
     from dropout_lib.layers import StandardDropout
 
     x = np.random.default_rng(10).normal(size=(64, 256)).astype(dtype)
-    pair = [keras.layers.Dropout(rate, seed=7, dtype=dtype),
-            keras.layers.Rescaling(np.float64(1.0 - rate), dtype=dtype)]
+    pair = [
+        keras.layers.Dropout(rate, seed=7, dtype=dtype),
+        keras.layers.Rescaling(np.float64(1.0 - rate), dtype=dtype),
+    ]
     std = StandardDropout(rate, seed=7, dtype=dtype)
     mask = keras.ops.convert_to_numpy(StandardDropout(rate, seed=7, dtype=dtype).keep_mask(x))
     y_pair = keras.ops.convert_to_numpy(pair[1](pair[0](x, training=True)))
@@ -185,8 +202,9 @@ def test_rescaling_pair_trains_as_the_paper_with_its_hyperparameters(keras_float
     y = rng.integers(0, 4, size=len(x))
 
     def net(*dropout):
-        return keras.Sequential([keras.Input((12,)), keras.layers.Dense(16, activation="relu"),
-                                 *dropout, keras.layers.Dense(4)])
+        return keras.Sequential(
+            [keras.Input((12,)), keras.layers.Dense(16, activation="relu"), *dropout, keras.layers.Dense(4)]
+        )
 
     paper = net(StandardDropout(rate, seed=3))
     pair = net(*recipe.paper_dropout(rate, seed=3))
@@ -220,7 +238,7 @@ def test_page_keras_example_runs_and_trains_as_the_paper(keras_float64, capsys):
     exec(compile(_example_block(), "recipe.md", "exec"), ns)  # noqa: S102 - the page's own code
     assert capsys.readouterr().out.strip() == "[0.064, 0.1]"
     paper, paper_opt, ported = ns["paper"], ns["paper_opt"], ns["ported"]
-    naive = dl.convert_model(paper, to="inverted").model       # same masks, weights converted
+    naive = dl.convert_model(paper, to="inverted").model  # same masks, weights converted
     rng = np.random.default_rng(12)
     x = rng.normal(size=(FIT_STEPS * 8, 20))
     y = rng.integers(0, 10, size=len(x))
@@ -252,6 +270,5 @@ def test_page_references_exist(page):
     for doc in re.findall(r"\{doc\}`/?([\w/.-]+)`", text):
         assert any((root / f"{doc}{ext}").exists() for ext in (".md", ".ipynb")), doc
     keys = set(re.findall(r"^@\w+\{([^,]+),", (root / "references.bib").read_text(), re.M))
-    cited = {k.strip() for m in re.findall(r"\{cite(?::\w+)?\}`([^`]*)`", text)
-             for k in m.split(",")}
+    cited = {k.strip() for m in re.findall(r"\{cite(?::\w+)?\}`([^`]*)`", text) for k in m.split(",")}
     assert cited <= keys, f"{page}: citation keys missing from references.bib: {cited - keys}"

@@ -1,4 +1,5 @@
 """dropout_lib.book.experiment.statistic_sensitivity against what it must give."""
+
 import numpy as np
 import pytest
 

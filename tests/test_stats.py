@@ -106,7 +106,11 @@ probabilities = st.lists(st.integers(1, 9), min_size=2, max_size=3)
 
 
 @fast
-@given(support=st.lists(fractions, min_size=3, max_size=3, unique=True), weights=probabilities, n=st.integers(2, 4))
+@given(
+    support=st.lists(fractions, min_size=3, max_size=3, unique=True),
+    weights=probabilities,
+    n=st.integers(2, 4),
+)
 def test_variance_of_sample_variance_formula_is_exact(support, weights, n):
     support = support[: len(weights)]
     total = sum(weights)
@@ -147,7 +151,13 @@ def test_variance_of_sample_variance_rejects_bad_n(bad):
     [
         ("normal", 500, lambda rng, shape: rng.normal(2.0, 3.0, size=shape), 2.0, 9.0),
         # a dropout output x m / p with x = 1.5, p = 0.05: a skewed two-point variable
-        ("dropout", 2000, lambda rng, shape: 1.5 * (rng.random(shape) < 0.05) / 0.05, 1.5, 0.95 * 1.5**2 / 0.05),
+        (
+            "dropout",
+            2000,
+            lambda rng, shape: 1.5 * (rng.random(shape) < 0.05) / 0.05,
+            1.5,
+            0.95 * 1.5**2 / 0.05,
+        ),
     ],
 )
 def test_z_scores_are_calibrated(name, n, draw, mean, variance):

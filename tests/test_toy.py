@@ -49,7 +49,7 @@ def test_mapped_run_matches_and_wrong_map_does_not():
     mapped = toy.compare(SGD(0.05), SGD(toy.per_parameter(0.05, -2)))
     assert mapped.worst <= 1e-13
     wrong = toy.control_gaps(mapped, SGD(toy.per_parameter(0.05, -1)))
-    assert wrong[-1] > 1e-3 and wrong[0] <= 1e-15   # the start: W / p mapped back by p
+    assert wrong[-1] > 1e-3 and wrong[0] <= 1e-15  # the start: W / p mapped back by p
     many = toy.compare_many(SGD(0.05), {"mapped": SGD(toy.per_parameter(0.05, -2)), "same": SGD(0.05)})
     assert many["mapped"].worst <= 1e-13 < 1e-3 < many["same"].final
 
@@ -72,11 +72,19 @@ def test_gap_panels_draws_one_panel_per_entry():
     from dropout_lib.book.plotting import gap_panels
 
     gaps = np.array([0.0, 1e-16, 2e-16, 3e-16])
-    fig, axes = gap_panels({"a": [("x", gaps, "mapped", "-")], "b": [("y", gaps, "control", "--")],
-                            "c": [("z", gaps, "#123456", ":")]}, ncols=2, nrows=2, tolerance=1e-12,
-                           guides={"u": np.ones(3)})
+    fig, axes = gap_panels(
+        {
+            "a": [("x", gaps, "mapped", "-")],
+            "b": [("y", gaps, "control", "--")],
+            "c": [("z", gaps, "#123456", ":")],
+        },
+        ncols=2,
+        nrows=2,
+        tolerance=1e-12,
+        guides={"u": np.ones(3)},
+    )
     assert axes.shape == (2, 2) and not axes[1, 1].get_visible()
-    assert len(axes[0, 0].get_lines()) == 3   # the gaps, one guide, the tolerance
+    assert len(axes[0, 0].get_lines()) == 3  # the gaps, one guide, the tolerance
     fig, ax = gap_panels({"": [("x", gaps, "mapped", "-")]}, steps=np.arange(4), xlog=False)
     assert ax.get_xscale() == "linear"
 

@@ -36,18 +36,31 @@ def _bias(seed: int) -> keras.initializers.Initializer:
 
 def dense_net(rates=(0.2, 0.5, 0.3), dtype=F64, seeds=(1, 2, 3)) -> keras.Model:
     """Input dropout and dropout after each hidden layer (rate = 1 - p)."""
-    return keras.Sequential([
-        keras.Input((6,), dtype=dtype),
-        L.Dropout(rates[0], seed=seeds[0], dtype=dtype),
-        L.Dense(8, "relu", kernel_initializer=keras.initializers.HeNormal(10),
-                bias_initializer=_bias(11), dtype=dtype),
-        L.Dropout(rates[1], seed=seeds[1], dtype=dtype),
-        L.Dense(8, "tanh", kernel_initializer=keras.initializers.HeNormal(12),
-                bias_initializer=_bias(13), dtype=dtype),
-        L.Dropout(rates[2], seed=seeds[2], dtype=dtype),
-        L.Dense(3, kernel_initializer=keras.initializers.HeNormal(14),
-                bias_initializer=_bias(15), dtype=dtype),
-    ])
+    return keras.Sequential(
+        [
+            keras.Input((6,), dtype=dtype),
+            L.Dropout(rates[0], seed=seeds[0], dtype=dtype),
+            L.Dense(
+                8,
+                "relu",
+                kernel_initializer=keras.initializers.HeNormal(10),
+                bias_initializer=_bias(11),
+                dtype=dtype,
+            ),
+            L.Dropout(rates[1], seed=seeds[1], dtype=dtype),
+            L.Dense(
+                8,
+                "tanh",
+                kernel_initializer=keras.initializers.HeNormal(12),
+                bias_initializer=_bias(13),
+                dtype=dtype,
+            ),
+            L.Dropout(rates[2], seed=seeds[2], dtype=dtype),
+            L.Dense(
+                3, kernel_initializer=keras.initializers.HeNormal(14), bias_initializer=_bias(15), dtype=dtype
+            ),
+        ]
+    )
 
 
 def functional_net(dtype=F64) -> keras.Model:
@@ -61,25 +74,29 @@ def functional_net(dtype=F64) -> keras.Model:
 
 
 def conv_net(dtype=F64) -> keras.Model:
-    return keras.Sequential([
-        keras.Input((7, 7, 3), dtype=dtype),
-        L.SpatialDropout2D(0.3, seed=8, dtype=dtype),
-        L.Conv2D(4, 3, activation="relu", bias_initializer=_bias(4), dtype=dtype),
-        L.MaxPooling2D(dtype=dtype),
-        L.Flatten(dtype=dtype),
-        L.Dropout(0.5, seed=9, dtype=dtype),
-        L.Dense(3, bias_initializer=_bias(5), dtype=dtype),
-    ])
+    return keras.Sequential(
+        [
+            keras.Input((7, 7, 3), dtype=dtype),
+            L.SpatialDropout2D(0.3, seed=8, dtype=dtype),
+            L.Conv2D(4, 3, activation="relu", bias_initializer=_bias(4), dtype=dtype),
+            L.MaxPooling2D(dtype=dtype),
+            L.Flatten(dtype=dtype),
+            L.Dropout(0.5, seed=9, dtype=dtype),
+            L.Dense(3, bias_initializer=_bias(5), dtype=dtype),
+        ]
+    )
 
 
 def seq_net(dtype=F64) -> keras.Model:
-    return keras.Sequential([
-        keras.Input((9, 5), dtype=dtype),
-        L.SpatialDropout1D(0.4, seed=10, dtype=dtype),
-        L.Conv1D(4, 3, bias_initializer=_bias(6), dtype=dtype),
-        L.GlobalAveragePooling1D(dtype=dtype),
-        L.Dense(2, bias_initializer=_bias(7), dtype=dtype),
-    ])
+    return keras.Sequential(
+        [
+            keras.Input((9, 5), dtype=dtype),
+            L.SpatialDropout1D(0.4, seed=10, dtype=dtype),
+            L.Conv1D(4, 3, bias_initializer=_bias(6), dtype=dtype),
+            L.GlobalAveragePooling1D(dtype=dtype),
+            L.Dense(2, bias_initializer=_bias(7), dtype=dtype),
+        ]
+    )
 
 
 def _tol(model: keras.Model, dtype=F64) -> float:
@@ -124,8 +141,7 @@ def test_spatial_noise_shape(layer, expected):
     [
         (lambda: L.SpatialDropout1D(0.4, seed=3, dtype=F64), X_SEQ),
         (lambda: L.SpatialDropout2D(0.4, seed=3, dtype=F64), X_IMAGE),
-        (lambda: L.SpatialDropout2D(0.4, seed=3, data_format="channels_first", dtype=F64),
-         X_IMAGE),
+        (lambda: L.SpatialDropout2D(0.4, seed=3, data_format="channels_first", dtype=F64), X_IMAGE),
         (lambda: L.SpatialDropout3D(0.4, seed=3, dtype=F64), X_IMAGE[..., None]),
     ],
 )
@@ -133,8 +149,10 @@ def test_spatial_dropout_draws_the_masks_of_dropout_with_noise_shape(spatial, x)
     layer = spatial()
     ns = twins.spatial_noise_shape(layer)
     masks = twins.drawn_masks(layer, x)
-    for other in (L.Dropout(0.4, noise_shape=ns, seed=3, dtype=F64),
-                  StandardDropout(0.4, noise_shape=ns, seed=3, dtype=F64)):
+    for other in (
+        L.Dropout(0.4, noise_shape=ns, seed=3, dtype=F64),
+        StandardDropout(0.4, noise_shape=ns, seed=3, dtype=F64),
+    ):
         for m, n in zip(masks, twins.drawn_masks(other, x)):
             assert np.array_equal(m, n)
     # whole feature maps: the mask is constant over every spatial axis
@@ -142,13 +160,13 @@ def test_spatial_dropout_draws_the_masks_of_dropout_with_noise_shape(spatial, x)
     whole_maps = np.broadcast_to(masks[0].max(axis=axes, keepdims=True), x.shape)
     assert np.array_equal(masks[0], whole_maps)
     # and different seeds give different masks (the comparison can fail)
-    assert not all(np.array_equal(m, n) for m, n in
-                   zip(masks, twins.drawn_masks(spatial().__class__(0.4, seed=4), x)))
+    assert not all(
+        np.array_equal(m, n) for m, n in zip(masks, twins.drawn_masks(spatial().__class__(0.4, seed=4), x))
+    )
 
 
 def test_masks_are_shared_even_without_seeds_and_after_earlier_calls():
-    model = keras.Sequential([keras.Input((6,), dtype=F64),
-                              L.Dropout(0.5, dtype=F64), L.Dense(3, dtype=F64)])
+    model = keras.Sequential([keras.Input((6,), dtype=F64), L.Dropout(0.5, dtype=F64), L.Dense(3, dtype=F64)])
     model(X_DENSE, training=True)  # advance the source's generator first
     std = twins.twin(model, "standard")
     a, b = twins.dropout_layers(model)[0], twins.dropout_layers(std)[0]
@@ -160,8 +178,9 @@ def test_masks_are_shared_even_without_seeds_and_after_earlier_calls():
 # ------------------------------------------------ the same function (PLAN #1)
 
 
-@pytest.mark.parametrize("build, x", [(dense_net, X_DENSE), (functional_net, X_DENSE),
-                                      (conv_net, X_IMAGE), (seq_net, X_SEQ)])
+@pytest.mark.parametrize(
+    "build, x", [(dense_net, X_DENSE), (functional_net, X_DENSE), (conv_net, X_IMAGE), (seq_net, X_SEQ)]
+)
 def test_mapped_twin_computes_the_same_function(build, x):
     inv = build()
     std = twins.mapped_twin(inv, "standard")
@@ -175,13 +194,15 @@ def test_mapped_twin_computes_the_same_function(build, x):
 def test_channels_first_spatial_dropout_through_permute():
     """channels_first masks; Permute carries the factor to a channels_last Conv2D."""
     x = np.moveaxis(X_IMAGE, -1, 1)
-    inv = keras.Sequential([
-        keras.Input((3, 7, 7), dtype=F64),
-        L.SpatialDropout2D(0.3, seed=8, data_format="channels_first", dtype=F64),
-        L.Permute((2, 3, 1), dtype=F64),
-        L.Conv2D(4, 3, bias_initializer=_bias(4), dtype=F64),
-        L.GlobalMaxPooling2D(dtype=F64),
-    ])
+    inv = keras.Sequential(
+        [
+            keras.Input((3, 7, 7), dtype=F64),
+            L.SpatialDropout2D(0.3, seed=8, data_format="channels_first", dtype=F64),
+            L.Permute((2, 3, 1), dtype=F64),
+            L.Conv2D(4, 3, bias_initializer=_bias(4), dtype=F64),
+            L.GlobalMaxPooling2D(dtype=F64),
+        ]
+    )
     std = twins.mapped_twin(inv, "standard")
     assert twins.compare_twins(std, inv, x, training_calls=2, predict=False).worst < _tol(inv)
 
@@ -215,8 +236,11 @@ def test_float32_agrees_to_float32_rounding_only():
 
 
 @settings(max_examples=20, deadline=None)
-@given(seed=st.integers(0, 2**32 - 1), kp=st.tuples(*[st.floats(0.2, 0.95)] * 3),
-       activation=st.sampled_from(["relu", "tanh", "sigmoid"]))
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    kp=st.tuples(*[st.floats(0.2, 0.95)] * 3),
+    activation=st.sampled_from(["relu", "tanh", "sigmoid"]),
+)
 def test_compare_mlp_twins(seed, kp, activation):
     """numpy float64 twins: same function to 4 K eps; scaled biases break it."""
     sizes = (5, 8, 6, 3)
@@ -236,8 +260,7 @@ def test_compare_mlp_twins_bitwise_for_one_half():
     rng = np.random.default_rng(0)
     params = mlp.init_params(sizes, rng, bias_scale=0.5)
     masks = mlp.sample_masks(sizes, kp, 10, rng)
-    assert twins.compare_mlp_twins(params, rng.normal(size=(10, 5)), keep_probs=kp,
-                                   masks=masks).bitwise
+    assert twins.compare_mlp_twins(params, rng.normal(size=(10, 5)), keep_probs=kp, masks=masks).bitwise
 
 
 # ------------------------------------------------------ negative controls
@@ -305,8 +328,9 @@ def test_clear_errors():
         twins.relative_difference(np.ones(2), np.ones(3))
     with pytest.raises(ValueError, match="direction"):
         twins.scale_consumer_biases(inv, "sideways")
-    tanh_after_dropout = keras.Sequential([
-        keras.Input((6,)), L.Dropout(0.5), L.Activation("tanh"), L.Dense(2)])
+    tanh_after_dropout = keras.Sequential(
+        [keras.Input((6,)), L.Dropout(0.5), L.Activation("tanh"), L.Dense(2)]
+    )
     with pytest.raises(NotConvertibleError, match="tanh|homogeneous"):
         twins.mapped_twin(tanh_after_dropout, "standard")
 

@@ -65,8 +65,11 @@ def test_fit_bn_nets_mapped_net_equals_inverted_and_weight_gap() -> None:
     rng = np.random.default_rng(3)
     x, y = rng.normal(size=(64, 5)), rng.normal(size=(64, 1))
     p, eps = 0.5, 1e-3
-    configs = {"inv": ("inverted", eps, 1.0), "mapped": ("standard", p**2 * eps, p**2),
-               "same": ("standard", eps, 1.0)}
+    configs = {
+        "inv": ("inverted", eps, 1.0),
+        "mapped": ("standard", p**2 * eps, p**2),
+        "same": ("standard", eps, 1.0),
+    }
     nets = checks.fit_bn_nets(configs, p, x, y, momentum=0.99, epochs=1, batch_size=16, learning_rate=1e-2)
     assert checks.weight_gap(nets["inv"], nets["inv"]) == 0.0
     assert checks.weight_gap(nets["mapped"], nets["inv"]) < 1e-12

@@ -113,9 +113,7 @@ def test_shift_ratio_special_values():
     assert vs.variance_shift_ratio(0.35, 0.0, 2.0) == pytest.approx(0.35)  # zero mean: r = p
     assert vs.variance_shift_ratio(1.0, 3.0, 2.0) == pytest.approx(1.0)  # no dropout
     assert vs.variance_shift_ratio(0.5, 4.0, 0.0) == 0.0  # constant nonzero unit
-    np.testing.assert_allclose(
-        vs.variance_shift_ratio(0.5, [0.0, 1.0], [1.0, 1.0]), [0.5, 0.5 / 1.5]
-    )
+    np.testing.assert_allclose(vs.variance_shift_ratio(0.5, [0.0, 1.0], [1.0, 1.0]), [0.5, 0.5 / 1.5])
 
 
 # --------------------------------------------------------------------------- #
@@ -288,9 +286,24 @@ def test_run_training_calls_feeds_every_pair_the_same_rows():
         (lambda: vs.dropout_moments("standard", 0.5, 0, -1, training=True), "variance"),
         (lambda: vs.dropout_moments("standard", 0.5, np.nan, 1, training=True), "finite"),
         (lambda: vs.variance_shift_ratio(0.5, 0.0, 0.0), "undefined"),
-        (lambda: vs.linear_dropout_moments("standard", 0.5, np.ones((3, 2)), np.zeros(2), np.eye(2), training=True), "shape"),
-        (lambda: vs.linear_dropout_moments("standard", 0.5, np.ones((2, 2)), np.zeros(2), np.eye(3), training=True), "covariance"),
-        (lambda: vs.linear_dropout_moments("standard", 0.5, np.ones((2, 2)), np.zeros(2), np.array([[1, 1], [0, 1.0]]), training=True), "symmetric"),
+        (
+            lambda: vs.linear_dropout_moments(
+                "standard", 0.5, np.ones((3, 2)), np.zeros(2), np.eye(2), training=True
+            ),
+            "shape",
+        ),
+        (
+            lambda: vs.linear_dropout_moments(
+                "standard", 0.5, np.ones((2, 2)), np.zeros(2), np.eye(3), training=True
+            ),
+            "covariance",
+        ),
+        (
+            lambda: vs.linear_dropout_moments(
+                "standard", 0.5, np.ones((2, 2)), np.zeros(2), np.array([[1, 1], [0, 1.0]]), training=True
+            ),
+            "symmetric",
+        ),
         (lambda: vs.linear_variance_shift_ratio(0.5, np.zeros((2, 1)), np.zeros(2), np.eye(2)), "undefined"),
         (lambda: vs.empirical_dropout_moments("standard", 0.5, np.ones(3), training=True), "2-d"),
         (lambda: vs.moving_variance_law(1.0, 3.0, batch_size=2, momentum=0.9, steps=5), "batch_size"),
@@ -299,8 +312,16 @@ def test_run_training_calls_feeds_every_pair_the_same_rows():
         (lambda: vs.batchnorm(1.0, 0.0, 0.0, 0.0), "divide"),
         (lambda: vs.equivalent_epsilon(0.5, -1e-3), "epsilon"),
         (lambda: vs.same_epsilon_output_ratio(0.5, 0.0, 0.0), "undefined"),
-        (lambda: vs.run_training_calls([Recorder()], [], np.ones((2, 2)), batch_size=1, steps=1, seed=0), "one norm"),
-        (lambda: vs.run_training_calls([Recorder()], [Recorder()], np.ones((2, 2)), batch_size=0, steps=1, seed=0), "batch_size"),
+        (
+            lambda: vs.run_training_calls([Recorder()], [], np.ones((2, 2)), batch_size=1, steps=1, seed=0),
+            "one norm",
+        ),
+        (
+            lambda: vs.run_training_calls(
+                [Recorder()], [Recorder()], np.ones((2, 2)), batch_size=0, steps=1, seed=0
+            ),
+            "batch_size",
+        ),
     ],
 )
 def test_bad_arguments_raise_clear_errors(call, match):
@@ -333,8 +354,9 @@ def test_run_training_calls_can_run_dropout_in_inference_mode():
         seen.append(training)
         return x
 
-    vs.run_training_calls([drop], [Recorder()], np.ones((4, 2)), batch_size=2, steps=2, seed=0,
-                          dropout_training=False)
+    vs.run_training_calls(
+        [drop], [Recorder()], np.ones((4, 2)), batch_size=2, steps=2, seed=0, dropout_training=False
+    )
     assert seen == [False, False]
 
 
@@ -386,12 +408,22 @@ def test_predicted_test_output_variance_limits():
     r = vs.variance_shift_ratio(p, x.mean(0), x.var(0))
     np.testing.assert_allclose(pred, r * b / (b - 1), rtol=1e-12)
     assert np.all(se > 0) and np.all(se < 0.1 * pred)
-    off, _ = vs.predicted_test_output_variance("inverted", p, x, batch_size=b, momentum=0.5, steps=200,
-                                               initial=[5.0, 6.0, 7.0], dropout_training=False)
+    off, _ = vs.predicted_test_output_variance(
+        "inverted",
+        p,
+        x,
+        batch_size=b,
+        momentum=0.5,
+        steps=200,
+        initial=[5.0, 6.0, 7.0],
+        dropout_training=False,
+    )
     np.testing.assert_allclose(off, b / (b - 1), rtol=1e-12)
     # One step from initial values s0: E[moving] = m s0 + (1 - m)(B-1)/B Var_train.
     s0 = np.array([2.0, 3.0, 4.0])
-    one, _ = vs.predicted_test_output_variance("inverted", p, x, batch_size=b, momentum=0.5, steps=1, initial=s0)
+    one, _ = vs.predicted_test_output_variance(
+        "inverted", p, x, batch_size=b, momentum=0.5, steps=1, initial=s0
+    )
     _, v_train, _ = vs.empirical_dropout_moments("inverted", p, x, training=True)
     np.testing.assert_allclose(one, x.var(0) / (0.5 * s0 + 0.5 * (b - 1) / b * v_train), rtol=1e-12)
 
@@ -401,7 +433,9 @@ def test_closed_forms_accept_an_array_of_keep_probs():
     r = vs.variance_shift_ratio(ps, 1.0, 2.0)
     np.testing.assert_allclose(r, [float(vs.variance_shift_ratio(p, 1.0, 2.0)) for p in ps])
     _, v = vs.dropout_moments("inverted", ps, 1.0, 2.0, training=True)
-    np.testing.assert_allclose(v, [float(vs.dropout_moments("inverted", p, 1.0, 2.0, training=True)[1]) for p in ps])
+    np.testing.assert_allclose(
+        v, [float(vs.dropout_moments("inverted", p, 1.0, 2.0, training=True)[1]) for p in ps]
+    )
     with pytest.raises(ValueError, match="keep_prob"):
         vs.variance_shift_ratio(np.array([0.5, 0.0]), 1.0, 1.0)
 

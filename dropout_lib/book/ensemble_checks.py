@@ -33,10 +33,9 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from dropout_lib.theory.ensemble import DropoutNet, EnsembleResult, MCErrorCurve, enumerate_ensemble
-from dropout_lib.reference import check_variant
-from dropout_lib.reference import Variant, check_keep_prob
 from dropout_lib.book.publish import stable_ceil, stable_floor  # noqa: F401  (the chapters use them from here too)
+from dropout_lib.reference import Variant, check_keep_prob, check_variant
+from dropout_lib.theory.ensemble import DropoutNet, EnsembleResult, MCErrorCurve, enumerate_ensemble
 
 __all__ = [
     "UNIT_ROUNDOFF",
@@ -131,13 +130,11 @@ def he_dropout_net(
     ns = [int(n) for n in widths]
     if len(ns) < 2 or any(n < 1 for n in ns):
         raise ValueError(
-            f"widths must list at least two positive layer widths (inputs, ..., classes); "
-            f"got {list(widths)}."
+            f"widths must list at least two positive layer widths (inputs, ..., classes); got {list(widths)}."
         )
     if len(keep_probs) != len(ns) - 1:
         raise ValueError(
-            f"keep_probs needs one entry per layer, {len(ns) - 1} for widths {ns}; "
-            f"got {len(keep_probs)}."
+            f"keep_probs needs one entry per layer, {len(ns) - 1} for widths {ns}; got {len(keep_probs)}."
         )
     if not (math.isfinite(bias_scale) and bias_scale >= 0):
         raise ValueError(f"bias_scale must be a finite number >= 0; got {bias_scale!r}.")

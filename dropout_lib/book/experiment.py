@@ -68,8 +68,8 @@ import tensorflow as tf
 from numpy.typing import ArrayLike, NDArray
 
 from dropout_lib import twins
-from dropout_lib.conversion import converted_weights, dropout_consumers
 from dropout_lib.book.datasets import N_CLASSES, N_IMAGES, N_PIXELS, DigitsSplit, digits_split
+from dropout_lib.conversion import converted_weights, dropout_consumers
 from dropout_lib.layers import StandardDropout
 from dropout_lib.mapping import clone_optimizer, mapped_multi_optimizer
 
@@ -199,12 +199,14 @@ def digits_mlp(config: Config, seed: int) -> keras.Sequential:
     sizes = config.sizes
     for k, rate in enumerate(config.rates):
         layers.append(keras.layers.Dropout(rate, seed=1000 * seed + k, name=f"drop{k}"))
-        layers.append(keras.layers.Dense(
-            sizes[k + 1],
-            activation="relu" if k < len(config.widths) else None,
-            kernel_initializer=keras.initializers.GlorotUniform(seed=1000 * seed + 100 + k),
-            name=f"dense{k}",
-        ))
+        layers.append(
+            keras.layers.Dense(
+                sizes[k + 1],
+                activation="relu" if k < len(config.widths) else None,
+                kernel_initializer=keras.initializers.GlorotUniform(seed=1000 * seed + 100 + k),
+                name=f"dense{k}",
+            )
+        )
     return keras.Sequential(layers, name="digits_mlp")
 
 
@@ -214,6 +216,7 @@ def without_dropout(model: keras.Model) -> keras.Model:
     The weights are copied; the clone computes, in training and at inference,
     what ``model`` computes at inference with inverted dropout.
     """
+
     def clone(layer: keras.layers.Layer) -> keras.layers.Layer:
         if isinstance(layer, (keras.layers.Dropout, StandardDropout)):
             return keras.layers.Identity(name=layer.name, dtype=layer.dtype_policy)
@@ -274,7 +277,7 @@ class HeldOutCurve(keras.callbacks.Callback):
     def _record(self, step: int) -> None:
         s = self.split
         both = _logits(self.model, self._x)  # one call for both sets: half the overhead
-        test, train = both[: s.n_test], both[s.n_test:]
+        test, train = both[: s.n_test], both[s.n_test :]
         self.steps.append(step)
         self.train_loss.append(cross_entropy(train, s.y_train))
         self.test_loss.append(cross_entropy(test, s.y_test))
@@ -416,7 +419,7 @@ class FourWays:
             self.models: dict[str, keras.Model] = {
                 "inverted": inverted,
                 "mapped": twins.mapped_twin(inverted, "standard"),  # W / p, shared masks
-                "same": twins.twin(inverted, "standard"),           # same weights and masks
+                "same": twins.twin(inverted, "standard"),  # same weights and masks
                 "none": without_dropout(inverted),
             }
             adam = keras.optimizers.Adam(config.learning_rate, epsilon=config.epsilon)
@@ -429,12 +432,9 @@ class FourWays:
             for way in WAYS:
                 _compile(self.models[way], self.optimizers[way], config.eval_every)
         self._initial_state = {
-            way: [np.array(v.numpy()) for v in opt.variables]
-            for way, opt in self.optimizers.items()
+            way: [np.array(v.numpy()) for v in opt.variables] for way, opt in self.optimizers.items()
         }
-        self.consumers = tuple(
-            (c.layer.name, c.keep_prob) for c in dropout_consumers(inverted)
-        )
+        self.consumers = tuple((c.layer.name, c.keep_prob) for c in dropout_consumers(inverted))
 
     def reset(self, seed: int) -> None:
         """Give every net the state freshly built nets for ``seed`` would have."""
@@ -457,16 +457,16 @@ class FourWays:
         self.reset(seed)
         c = self.config
         with keras_float64():
-            runs = {way: fit_full_batch(self.models[way], split, c.epochs, c.eval_every)
-                    for way in WAYS}
+            runs = {way: fit_full_batch(self.models[way], split, c.epochs, c.eval_every) for way in WAYS}
         ref = runs["inverted"]
         weight_gap, logit_gap, same_class = {}, {}, {}
         for way in ("mapped", "same"):
             back = converted_weights(self.models[way], "to_inverted")  # p W on the consumers
             weight_gap[way] = _relative_gap(back, ref.weights)
             logit_gap[way] = twins.relative_difference(runs[way].test_logits, ref.test_logits)
-            same_class[way] = float(np.mean(
-                runs[way].test_logits.argmax(axis=1) == ref.test_logits.argmax(axis=1)))
+            same_class[way] = float(
+                np.mean(runs[way].test_logits.argmax(axis=1) == ref.test_logits.argmax(axis=1))
+            )
         return SeedResult(int(seed), runs, weight_gap, logit_gap, same_class)
 
 
@@ -495,9 +495,7 @@ class Experiment:
     def curve(self, what: str) -> NDArray[np.float64]:
         """``'train_loss'``, ``'test_loss'`` or ``'test_accuracy'``, shape ``(seeds, 4, points)``."""
         if what not in ("train_loss", "test_loss", "test_accuracy"):
-            raise ValueError(
-                f"what must be 'train_loss', 'test_loss' or 'test_accuracy'; got {what!r}."
-            )
+            raise ValueError(f"what must be 'train_loss', 'test_loss' or 'test_accuracy'; got {what!r}.")
         return np.array([[getattr(r.runs[w], what) for w in WAYS] for r in self.results])
 
     def final(self, what: str) -> NDArray[np.float64]:
@@ -507,9 +505,7 @@ class Experiment:
     def gap(self, kind: str, way: str) -> NDArray[np.float64]:
         """Per seed: ``'weight_gap'``, ``'logit_gap'`` or ``'same_class'`` of ``way``."""
         if kind not in ("weight_gap", "logit_gap", "same_class"):
-            raise ValueError(
-                f"kind must be 'weight_gap', 'logit_gap' or 'same_class'; got {kind!r}."
-            )
+            raise ValueError(f"kind must be 'weight_gap', 'logit_gap' or 'same_class'; got {kind!r}.")
         if way not in ("mapped", "same"):
             raise ValueError(f"way must be 'mapped' or 'same'; got {way!r}.")
         return np.array([getattr(r, kind)[way] for r in self.results])
@@ -582,8 +578,9 @@ class PairedComparison:
     ci95: tuple[float, float]
 
 
-def paired_comparison(baseline: ArrayLike, treatment: ArrayLike,
-                      alternative: str = "greater") -> PairedComparison:
+def paired_comparison(
+    baseline: ArrayLike, treatment: ArrayLike, alternative: str = "greater"
+) -> PairedComparison:
     """Compare two ways seed by seed: ``d_s = baseline_s - treatment_s``.
 
     ``alternative="greater"`` (the default) tests "the treatment is lower"
@@ -617,7 +614,7 @@ def paired_comparison(baseline: ArrayLike, treatment: ArrayLike,
         t_p = float(scipy.stats.ttest_rel(a, b, alternative=alternative).pvalue)
         ci = scipy.stats.ttest_rel(a, b).confidence_interval(0.95)
         ci95 = (float(ci.low), float(ci.high))
-    else:   # every difference equal: the t statistic is 0 or infinite
+    else:  # every difference equal: the t statistic is 0 or infinite
         t_p = (0.5 if mean == 0 else float(mean < 0)) if alternative == "greater" else float(mean == 0)
         ci95 = (mean, mean)
     if alternative == "greater":
@@ -627,8 +624,9 @@ def paired_comparison(baseline: ArrayLike, treatment: ArrayLike,
     return PairedComparison(d, mean, se, t, n_pos, n_nonzero, sign_p, t_p, ci95)
 
 
-def statistic_sensitivity(baseline: ArrayLike, treatment: ArrayLike, eps: float,
-                          alternative: str = "greater") -> dict[str, float]:
+def statistic_sensitivity(
+    baseline: ArrayLike, treatment: ArrayLike, eps: float, alternative: str = "greater"
+) -> dict[str, float]:
     """How far :func:`paired_comparison`'s statistics move when each difference moves by ``eps``.
 
     For each statistic (``mean``, ``standard_error``, ``t``, ``t_p``, ``lo``
@@ -668,14 +666,22 @@ def setting_numbers(config: Config, seeds: Sequence[int]) -> dict[str, object]:
     """
     sizes = config.sizes
     return {
-        "n_images": N_IMAGES, "n_train": config.n_train, "n_test": N_IMAGES - config.n_train,
+        "n_images": N_IMAGES,
+        "n_train": config.n_train,
+        "n_test": N_IMAGES - config.n_train,
         "n_params": sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:])),  # kernels, biases
         "net_shape": "-".join(map(str, sizes)),
-        "p_in": config.keep_probs[0], "rate_in": config.rates[0],
-        "p_hidden": config.keep_probs[1], "rate_hidden": config.rates[1],
-        "lr": config.learning_rate, "eps": config.epsilon, "epochs": config.epochs,
-        "eval_every": config.eval_every, "n_seeds": len(seeds),
-        "seed_first": min(seeds), "seed_last": max(seeds),
+        "p_in": config.keep_probs[0],
+        "rate_in": config.rates[0],
+        "p_hidden": config.keep_probs[1],
+        "rate_hidden": config.rates[1],
+        "lr": config.learning_rate,
+        "eps": config.epsilon,
+        "epochs": config.epochs,
+        "eval_every": config.eval_every,
+        "n_seeds": len(seeds),
+        "seed_first": min(seeds),
+        "seed_last": max(seeds),
     }
 
 
@@ -709,10 +715,12 @@ def top2_margin(experiment: Experiment) -> float:
 
 
 #: How the chapter's figure draws each way.
-_STYLES = {"inverted": ("inverted (Keras)", "inverted", "-"),
-           "mapped": ("mapped (paper's)", "mapped", "--"),
-           "same": ("same hyperparameters (paper's)", "standard", "-"),
-           "none": ("no dropout", "control", "-")}
+_STYLES = {
+    "inverted": ("inverted (Keras)", "inverted", "-"),
+    "mapped": ("mapped (paper's)", "mapped", "--"),
+    "same": ("same hyperparameters (paper's)", "standard", "-"),
+    "none": ("no dropout", "control", "-"),
+}
 
 
 def plot_curves(experiment: Experiment, ylim: tuple[float, float] = (0.0, 0.6)):
@@ -729,9 +737,8 @@ def plot_curves(experiment: Experiment, ylim: tuple[float, float] = (0.0, 0.6)):
         for i, (way, (label, color, style)) in enumerate(_STYLES.items()):
             mean, sd = c[:, i].mean(axis=0), c[:, i].std(axis=0, ddof=1)
             ax.plot(experiment.steps, mean, color=COLORS[color], linestyle=style, label=label)
-            if way != "mapped":   # the mapped band is the inverted band
-                ax.fill_between(experiment.steps, mean - sd, mean + sd, color=COLORS[color],
-                                alpha=0.15, lw=0)
+            if way != "mapped":  # the mapped band is the inverted band
+                ax.fill_between(experiment.steps, mean - sd, mean + sd, color=COLORS[color], alpha=0.15, lw=0)
         ax.set_xlabel("step (full batch: one epoch)")
     axes[0].set(ylabel="held-out cross-entropy", ylim=ylim)
     axes[1].set(ylabel="training cross-entropy", yscale="log")
@@ -784,8 +791,7 @@ class Pilot:
         return self.learning_rates[int(np.argmin(self.final("inverted")))]
 
 
-def pilot(config: Config, learning_rates: Sequence[float],
-          seeds: Sequence[int] = PILOT_SEEDS) -> Pilot:
+def pilot(config: Config, learning_rates: Sequence[float], seeds: Sequence[int] = PILOT_SEEDS) -> Pilot:
     """Rerun the pilot that chose the chapter's learning rate: ``config`` at each rate, on ``seeds``.
 
     The step count is set by the chapter's time budget (``config.epochs``);
@@ -796,11 +802,15 @@ def pilot(config: Config, learning_rates: Sequence[float],
     rates = tuple(float(lr) for lr in learning_rates)
     if not rates:
         raise ValueError("learning_rates must name at least one learning rate.")
-    runs = [run_experiment(Config(**{**config.__dict__, "learning_rate": lr}), seeds)
-            for lr in rates]
-    return Pilot(config, rates, tuple(int(s) for s in seeds), runs[0].steps,
-                 np.array([r.curve("test_loss").mean(axis=0) for r in runs]),
-                 np.array([r.curve("train_loss").mean(axis=0) for r in runs]))
+    runs = [run_experiment(Config(**{**config.__dict__, "learning_rate": lr}), seeds) for lr in rates]
+    return Pilot(
+        config,
+        rates,
+        tuple(int(s) for s in seeds),
+        runs[0].steps,
+        np.array([r.curve("test_loss").mean(axis=0) for r in runs]),
+        np.array([r.curve("train_loss").mean(axis=0) for r in runs]),
+    )
 
 
 def sign_test_threshold(n: int, level: float) -> int:

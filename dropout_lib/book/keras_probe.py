@@ -196,7 +196,7 @@ def source_excerpt(
         span = _docstring_span(lines, target)
         if span is not None:
             a, b = span
-            lines, numbers = lines[:a] + lines[b + 1:], numbers[:a] + numbers[b + 1:]
+            lines, numbers = lines[:a] + lines[b + 1 :], numbers[:a] + numbers[b + 1 :]
     lo, hi = 0, len(lines) - 1
     qualname = f"{target.__module__}.{target.__qualname__}"
     if start is not None:
@@ -216,8 +216,8 @@ def source_excerpt(
     return SourceExcerpt(
         name=name or qualname,
         path=_display_path(inspect.getsourcefile(target) or "?", target.__module__),
-        line_numbers=tuple(numbers[lo:hi + 1]),
-        text=textwrap.dedent("\n".join(lines[lo:hi + 1])),
+        line_numbers=tuple(numbers[lo : hi + 1]),
+        text=textwrap.dedent("\n".join(lines[lo : hi + 1])),
     )
 
 
@@ -599,9 +599,7 @@ def flags_passed_by(
         with _quiet_tf_logger():
             run()
         if not recorder.flags:
-            raise RuntimeError(
-                f"the recorder saw no call during {method}: is it inside the model?"
-            )
+            raise RuntimeError(f"the recorder saw no call during {method}: is it inside the model?")
         out[method] = _distinct(recorder.flags)
     recorder.reset()
     return out
@@ -765,8 +763,14 @@ def plot_dropout_maps(
     fig, axes = figure(ncols=2, width=7.0, height=3.0, sharey=True)
     for ax, outputs, title in ((axes[0], train, "training=True"), (axes[1], test, "training=False")):
         for variant, y in outputs.items():
-            ax.plot(xs, np.asarray(y, dtype=np.float64).ravel(), ".", ms=3,
-                    color=COLORS[variant], label=labels[variant])
+            ax.plot(
+                xs,
+                np.asarray(y, dtype=np.float64).ravel(),
+                ".",
+                ms=3,
+                color=COLORS[variant],
+                label=labels[variant],
+            )
         ax.set_title(title)
         ax.set_xlabel("input x")
     for label, slope in (claims or {}).items():

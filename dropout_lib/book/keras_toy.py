@@ -28,17 +28,37 @@ def inverted_net(keep_prob: float, dtype: str, widths: tuple[int, int, int] = (6
 
     n_in, n_hidden, n_out = widths
     init = keras.initializers
-    return keras.Sequential([
-        keras.Input((n_in,), dtype=dtype),
-        keras.layers.Dense(n_hidden, "relu", dtype=dtype, kernel_initializer=init.HeNormal(1),
-                           bias_initializer=init.RandomNormal(stddev=0.1, seed=2)),
-        keras.layers.Dropout(1 - keep_prob, seed=3, dtype=dtype),   # Keras rate = 1 - p
-        keras.layers.Dense(n_out, dtype=dtype, kernel_initializer=init.HeNormal(4),
-                           bias_initializer=init.RandomNormal(stddev=0.1, seed=5))])
+    return keras.Sequential(
+        [
+            keras.Input((n_in,), dtype=dtype),
+            keras.layers.Dense(
+                n_hidden,
+                "relu",
+                dtype=dtype,
+                kernel_initializer=init.HeNormal(1),
+                bias_initializer=init.RandomNormal(stddev=0.1, seed=2),
+            ),
+            keras.layers.Dropout(1 - keep_prob, seed=3, dtype=dtype),  # Keras rate = 1 - p
+            keras.layers.Dense(
+                n_out,
+                dtype=dtype,
+                kernel_initializer=init.HeNormal(4),
+                bias_initializer=init.RandomNormal(stddev=0.1, seed=5),
+            ),
+        ]
+    )
 
 
-def twin_gaps(make_optimizer: Callable[[], object], keep_prob: float, x: NDArray, y: NDArray, *,
-              dtype: str, steps: int, control: bool = False) -> tuple[NDArray[np.float64], float]:
+def twin_gaps(
+    make_optimizer: Callable[[], object],
+    keep_prob: float,
+    x: NDArray,
+    y: NDArray,
+    *,
+    dtype: str,
+    steps: int,
+    control: bool = False,
+) -> tuple[NDArray[np.float64], float]:
     """Fit the inverted net and its standard twin; return ``(gaps, moved)``.
 
     ``gaps[t]`` is the relative gap after step ``t`` (``t = 0`` the start) between
@@ -58,17 +78,21 @@ def twin_gaps(make_optimizer: Callable[[], object], keep_prob: float, x: NDArray
     inverted = inverted_net(keep_prob, dtype, (x.shape[1], 16, y.shape[1]))
     standard = twins.mapped_twin(inverted, "standard")
     optimizer = make_optimizer()
-    twin_optimizer = (mapping.clone_optimizer(optimizer) if control
-                      else mapping.mapped_multi_optimizer(standard, optimizer, "to_standard"))
+    twin_optimizer = (
+        mapping.clone_optimizer(optimizer)
+        if control
+        else mapping.mapped_multi_optimizer(standard, optimizer, "to_standard")
+    )
     x, y = x.astype(dtype), y.astype(dtype)
     reference = fit_trajectory(inverted, optimizer, x, y, steps=steps)
     other = fit_trajectory(standard, twin_optimizer, x, y, steps=steps)
-    moved = twins.relative_difference(reference[-1][2], reference[0][2])   # consuming kernel
+    moved = twins.relative_difference(reference[-1][2], reference[0][2])  # consuming kernel
     return trajectory_gaps(reference, other, standard, "to_inverted"), float(moved)
 
 
-def sgd_forms_against_keras(steps: int = 10, lr: float = 2**-3, momentum: float = 0.9,
-                            seed: int = 1) -> dict[str, float]:
+def sgd_forms_against_keras(
+    steps: int = 10, lr: float = 2**-3, momentum: float = 0.9, seed: int = 1
+) -> dict[str, float]:
     """Run Keras's ``SGD(nesterov=True)`` and three numpy SGD forms on one quadratic, float64.
 
     The loss is ``0.5 ||w - target||^2`` (so the gradient depends on where it is
@@ -89,8 +113,11 @@ def sgd_forms_against_keras(steps: int = 10, lr: float = 2**-3, momentum: float 
     w0, target = np.random.default_rng(seed).normal(size=(2, 3, 4))
     variable = keras.Variable(w0, dtype="float64")
     keras_sgd = keras.optimizers.SGD(lr, momentum=momentum, nesterov=True)
-    forms = {"keras": SGD(lr, momentum=mu, nesterov=True), "heavy-ball": SGD(lr, momentum=mu),
-             "paper": SGD(lr, momentum=mu, nesterov=True, form="paper")}
+    forms = {
+        "keras": SGD(lr, momentum=mu, nesterov=True),
+        "heavy-ball": SGD(lr, momentum=mu),
+        "paper": SGD(lr, momentum=mu, nesterov=True, form="paper"),
+    }
     paths = {form: {"w": w0.copy()} for form in forms}
     for _ in range(steps):
         keras_sgd.apply_gradients([(variable - target, variable)])
@@ -100,8 +127,16 @@ def sgd_forms_against_keras(steps: int = 10, lr: float = 2**-3, momentum: float 
     return {form: float(np.abs(p["w"] - w).max() / np.abs(w).max()) for form, p in paths.items()}
 
 
-def regularised_net(variant: str, sizes, keep_probs, init_1, init_3, regularizer, constraint,
-                    seeds: tuple[int, int, int, int] = (1, 11, 2, 3)):
+def regularised_net(
+    variant: str,
+    sizes,
+    keep_probs,
+    init_1,
+    init_3,
+    regularizer,
+    constraint,
+    seeds: tuple[int, int, int, int] = (1, 11, 2, 3),
+):
     """Chapter 6's Keras net: the toy net's shape, a penalty on ``W1``, a constraint on ``W3``.
 
     ``Input(n0) -> Dropout(rate = 1 - p1) -> Dense(n1, relu; init_1, regularizer) ->
@@ -121,13 +156,22 @@ def regularised_net(variant: str, sizes, keep_probs, init_1, init_3, regularizer
     drop = keras.layers.Dropout if variant == "inverted" else StandardDropout
     L, init = keras.layers, keras.initializers
     s_drop1, s_bias, s_he, s_drop3 = seeds
-    return keras.Sequential([
-        keras.Input((sizes[0],)), drop(1 - keep_probs[0], seed=s_drop1),
-        L.Dense(sizes[1], "relu", kernel_initializer=init_1, kernel_regularizer=regularizer,
-                bias_initializer=init.RandomNormal(stddev=0.1, seed=s_bias)),
-        L.Dense(sizes[2], "relu", kernel_initializer=init.HeNormal(seed=s_he)),
-        drop(1 - keep_probs[2], seed=s_drop3),
-        L.Dense(sizes[3], kernel_initializer=init_3, kernel_constraint=constraint)])
+    return keras.Sequential(
+        [
+            keras.Input((sizes[0],)),
+            drop(1 - keep_probs[0], seed=s_drop1),
+            L.Dense(
+                sizes[1],
+                "relu",
+                kernel_initializer=init_1,
+                kernel_regularizer=regularizer,
+                bias_initializer=init.RandomNormal(stddev=0.1, seed=s_bias),
+            ),
+            L.Dense(sizes[2], "relu", kernel_initializer=init.HeNormal(seed=s_he)),
+            drop(1 - keep_probs[2], seed=s_drop3),
+            L.Dense(sizes[3], kernel_initializer=init_3, kernel_constraint=constraint),
+        ]
+    )
 
 
 def fit_snapshots(model, optimizer, x: NDArray, y: NDArray, *, batch: int, every: int) -> list:
@@ -140,8 +184,11 @@ def fit_snapshots(model, optimizer, x: NDArray, y: NDArray, *, batch: int, every
 
     from dropout_lib.book.keras_trajectories import WeightRecorder
 
-    model.compile(optimizer=optimizer, steps_per_execution=every,
-                  loss=keras.losses.CategoricalCrossentropy(from_logits=True))
+    model.compile(
+        optimizer=optimizer,
+        steps_per_execution=every,
+        loss=keras.losses.CategoricalCrossentropy(from_logits=True),
+    )
     recorder = WeightRecorder()
     model.fit(x, y, batch_size=batch, epochs=1, shuffle=False, verbose=0, callbacks=[recorder])
     return recorder.snapshots

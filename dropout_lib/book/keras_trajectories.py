@@ -91,15 +91,23 @@ def fit_trajectory(
     recorder = WeightRecorder()
     model.compile(optimizer=optimizer, loss=loss)
     reps = (int(steps),) + (1,) * (x.ndim - 1), (int(steps),) + (1,) * (y.ndim - 1)
-    model.fit(np.tile(x, reps[0]), np.tile(y, reps[1]), batch_size=len(x), epochs=1,
-              shuffle=False, verbose=0, callbacks=[recorder])
+    model.fit(
+        np.tile(x, reps[0]),
+        np.tile(y, reps[1]),
+        batch_size=len(x),
+        epochs=1,
+        shuffle=False,
+        verbose=0,
+        callbacks=[recorder],
+    )
     return recorder.snapshots
 
 
 def _scales(model: keras.Model, direction: Direction) -> list[float]:
     """``s`` per trainable variable: ``kernel_scale(p, direction)`` on consuming kernels, else 1."""
-    scale = {id(v): kernel_scale(c.keep_prob, direction)
-             for c in dropout_consumers(model) for v in c.variables}
+    scale = {
+        id(v): kernel_scale(c.keep_prob, direction) for c in dropout_consumers(model) for v in c.variables
+    }
     return [scale.get(id(v), 1.0) for v in model.trainable_variables]
 
 

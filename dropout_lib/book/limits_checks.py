@@ -25,9 +25,17 @@ from dropout_lib.theory import limits
 Params = dict[str, NDArray[np.float64]]
 Switch = Callable[[Params, Optimizer], Params] | None
 
-__all__ = ["ClipExperiment", "ScheduleExperiment", "clip_experiment", "practice_checks",
-           "schedule_experiment", "schedule_gaps", "tied_lm_outputs", "tied_lm_to_standard",
-           "tied_training_gap"]
+__all__ = [
+    "ClipExperiment",
+    "ScheduleExperiment",
+    "clip_experiment",
+    "practice_checks",
+    "schedule_experiment",
+    "schedule_gaps",
+    "tied_lm_outputs",
+    "tied_lm_to_standard",
+    "tied_training_gap",
+]
 
 
 def _scheduled_run(params, batches, masks, kp_a, kp_b, T1, variant, opt, switch):
@@ -63,8 +71,9 @@ def schedule_gaps(
     :func:`dropout_lib.exact.compare.trajectory_gaps`.
     """
     inv = _scheduled_run(net, batches, masks, kp_a, kp_b, T1, "inverted", make_inv(), None)
-    std = _scheduled_run(mlp.to_standard_params(net, kp_a), batches, masks, kp_a, kp_b, T1,
-                         "standard", make_std(), switch)
+    std = _scheduled_run(
+        mlp.to_standard_params(net, kp_a), batches, masks, kp_a, kp_b, T1, "standard", make_std(), switch
+    )
     back = [kp_a] * (T1 + 1) + [kp_a if switch is None else kp_b] * (len(masks) - T1)
     std_back = [mlp.to_inverted_params(q, kp) for q, kp in zip(std, back)]
     return trajectory_gaps(inv, std_back)[0], inv, std
@@ -119,8 +128,7 @@ def schedule_experiment(
     P = lambda value, power: mlp.per_parameter(value, net, kp_a, power)  # noqa: E731
     optimizers = {
         "sgd": (lambda: SGD(lr), lambda: SGD(P(lr, -2))),
-        "momentum": (lambda: SGD(lr, momentum=momentum),
-                     lambda: SGD(P(lr, -2), momentum=momentum)),
+        "momentum": (lambda: SGD(lr, momentum=momentum), lambda: SGD(P(lr, -2), momentum=momentum)),
         "adam": (lambda: Adam(lr_adam, eps=eps), lambda: Adam(P(lr_adam, -1), eps=P(eps, 1))),
     }
     switches: dict[str, Switch] = {
@@ -131,17 +139,21 @@ def schedule_experiment(
     gaps, hist = {}, {}
     for o, (make_inv, make_std) in optimizers.items():
         for w, switch in switches.items():
-            gaps[o, w], *hist[o, w] = schedule_gaps(net, batches, masks, kp_a, kp_b, T1,
-                                                    make_inv, make_std, switch)
+            gaps[o, w], *hist[o, w] = schedule_gaps(
+                net, batches, masks, kp_a, kp_b, T1, make_inv, make_std, switch
+            )
     inv_hist, std_hist = hist["momentum", "fixed"]
     kw = dict(keep_probs=kp_b, masks=masks[T1], training=True)
     x = batches[T1 % len(batches)][0]
     z_inv = mlp.forward(inv_hist[T1], x, variant="inverted", **kw)[0]
     z_fixed = mlp.forward(std_hist[T1], x, variant="standard", **kw)[0]
     z_remap = mlp.forward(mlp.to_standard_params(inv_hist[T1], kp_b), x, variant="standard", **kw)[0]
-    return ScheduleExperiment(gaps=gaps, fixed_fn=limits.relative_mismatch(z_fixed, z_inv),
-                              remap_fn=limits.relative_mismatch(z_remap, z_inv),
-                              final_inverted=inv_hist[-1])
+    return ScheduleExperiment(
+        gaps=gaps,
+        fixed_fn=limits.relative_mismatch(z_fixed, z_inv),
+        remap_fn=limits.relative_mismatch(z_remap, z_inv),
+        final_inverted=inv_hist[-1],
+    )
 
 
 def tied_training_gap(
@@ -162,10 +174,10 @@ def tied_training_gap(
     """
     kw = dict(keep_prob=keep_prob, steps=steps)
     inv = limits.train_autoencoder(ae, xs, masks, variant="inverted", optimizer=opt_inv, **kw)
-    std = limits.train_autoencoder(limits.tied_to_standard(ae, keep_prob), xs, masks,
-                                   variant="standard", optimizer=opt_std, **kw)
-    gaps, _ = trajectory_gaps(inv.history, std.history,
-                              lambda q: limits.tied_to_inverted(q, keep_prob))
+    std = limits.train_autoencoder(
+        limits.tied_to_standard(ae, keep_prob), xs, masks, variant="standard", optimizer=opt_std, **kw
+    )
+    gaps, _ = trajectory_gaps(inv.history, std.history, lambda q: limits.tied_to_inverted(q, keep_prob))
     moved = np.linalg.norm(inv.params["W"] - ae["W"]) / np.linalg.norm(ae["W"])
     return float(gaps.max()), float(moved)
 
@@ -227,8 +239,9 @@ def clip_experiment(
     lr_std = mlp.per_parameter(lr, net, keep_probs, -2)
 
     def run(params, variant, opt):
-        return train(params, batches, masks, variant=variant, keep_probs=keep_probs,
-                     optimizer=opt, steps=steps)
+        return train(
+            params, batches, masks, variant=variant, keep_probs=keep_probs, optimizer=opt, steps=steps
+        )
 
     def gap(inv, opt_std):
         std = run(mlp.to_standard_params(net, keep_probs), "standard", opt_std)
@@ -239,16 +252,23 @@ def clip_experiment(
     split = limits.gradient_norm_split(inv_global.history, batches, masks, keep_probs=keep_probs)
     fraction_factor = min(f.max() / f.min() for f in split.fractions.values())
     best_factor, best_gap, grid_gaps = limits.scan_and_refine(
-        lambda f: gap(inv_global, SGD(lr_std, global_clipnorm=clipnorm * f)), grid)
+        lambda f: gap(inv_global, SGD(lr_std, global_clipnorm=clipnorm * f)), grid
+    )
     weights = mlp.consuming_weights(keep_probs)
     weighted = gap(inv_global, limits.WeightedGlobalClip(SGD(lr_std), clipnorm, weights))
     inv_per_tensor = run(net, "inverted", SGD(lr, clipnorm=clipnorm))
-    per_tensor = gap(inv_per_tensor,
-                     SGD(lr_std, clipnorm=mlp.per_parameter(clipnorm, net, keep_probs, 1)))
-    return ClipExperiment(ratios=split.ratios, inverted_norms=split.inverted,
-                          fraction_factor=float(fraction_factor), grid=np.asarray(grid),
-                          grid_gaps=grid_gaps, best_factor=best_factor, best_gap=best_gap,
-                          weighted=weighted, per_tensor=per_tensor)
+    per_tensor = gap(inv_per_tensor, SGD(lr_std, clipnorm=mlp.per_parameter(clipnorm, net, keep_probs, 1)))
+    return ClipExperiment(
+        ratios=split.ratios,
+        inverted_norms=split.inverted,
+        fraction_factor=float(fraction_factor),
+        grid=np.asarray(grid),
+        grid_gaps=grid_gaps,
+        best_factor=best_factor,
+        best_gap=best_gap,
+        weighted=weighted,
+        per_tensor=per_tensor,
+    )
 
 
 def practice_checks(
@@ -292,8 +312,14 @@ def practice_checks(
 
     def z1(params, variant, keep, mask=None):
         first = {"W1": params["W1"], "b1": params["b1"]}
-        return mlp.forward(first, x, variant=variant, keep_probs=(keep,),
-                           masks=None if mask is None else [mask], training=mask is not None)[0]
+        return mlp.forward(
+            first,
+            x,
+            variant=variant,
+            keep_probs=(keep,),
+            masks=None if mask is None else [mask],
+            training=mask is not None,
+        )[0]
 
     def mean_z1(params, variant):
         return limits.mask_expectation(lambda m: z1(params, variant, q, m), x.shape[1], q)
@@ -308,8 +334,10 @@ def practice_checks(
         "inv_mean": mismatch(mean_z1(final_inverted, "inverted"), z1(final_inverted, "inverted", p)),
         "std_old": mismatch(mean_z1(final_std, "standard"), z1(final_std, "standard", p)),
         "std_new": mismatch(mean_z1(final_std, "standard"), z1(final_std, "standard", q)),
-        "std_rescaled": max(mismatch(mean_z1(rescaled, "standard"), z1(final_std, "standard", p)),
-                            mismatch(z1(rescaled, "standard", q), z1(final_std, "standard", p))),
+        "std_rescaled": max(
+            mismatch(mean_z1(rescaled, "standard"), z1(final_std, "standard", p)),
+            mismatch(z1(rescaled, "standard", q), z1(final_std, "standard", p)),
+        ),
         "std_rescaled_old": mismatch(mean_z1(rescaled, "standard"), z1(rescaled, "standard", p)),
     }
 

@@ -10,20 +10,19 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
-
 import matplotlib as mpl
 import matplotlib.pyplot as plt
+import numpy as np
 
 __all__ = ["COLORS", "STYLE", "figure", "gap_panels"]
 
 #: One colour per thing the book compares, used by every chapter.
 COLORS: dict[str, str] = {
-    "standard": "#1f77b4",   # the paper's dropout
-    "inverted": "#d62728",   # Keras's dropout
-    "mapped": "#2ca02c",     # standard dropout with mapped hyperparameters
-    "control": "#7f7f7f",    # negative controls, no dropout
-    "theory": "#000000",     # exact formulas
+    "standard": "#1f77b4",  # the paper's dropout
+    "inverted": "#d62728",  # Keras's dropout
+    "mapped": "#2ca02c",  # standard dropout with mapped hyperparameters
+    "control": "#7f7f7f",  # negative controls, no dropout
+    "theory": "#000000",  # exact formulas
 }
 
 STYLE: dict[str, Any] = {
@@ -85,25 +84,36 @@ def gap_panels(
     legend
         ``"figure"``: one legend below all panels; ``"first"``: in the first panel.
     """
-    fig, axes = figure(ncols=ncols, nrows=nrows, width=width, height=height,
-                       sharex=True, sharey=True, squeeze=False)
+    fig, axes = figure(
+        ncols=ncols, nrows=nrows, width=width, height=height, sharex=True, sharey=True, squeeze=False
+    )
     guide_styles = iter((":", "-.", "--"))
     guides = {label: (values, next(guide_styles)) for label, values in (guides or {}).items()}
     for ax, (title, lines) in zip(axes.flat, panels.items()):
         for label, gaps, color, style in lines:
             gaps = np.asarray(gaps, dtype=float)
             x, y = (np.arange(1, len(gaps)), gaps[1:]) if steps is None else (steps, gaps)
-            ax.plot(x, np.maximum(y, floor), color=COLORS.get(color, color), linestyle=style,
-                    label=label)
+            ax.plot(x, np.maximum(y, floor), color=COLORS.get(color, color), linestyle=style, label=label)
         for label, (values, style) in guides.items():
             values = np.asarray(values, dtype=float)
-            ax.plot(np.arange(1, len(values) + 1) if steps is None else steps, values,
-                    color=COLORS["theory"], linewidth=0.8, linestyle=style, label=label)
+            ax.plot(
+                np.arange(1, len(values) + 1) if steps is None else steps,
+                values,
+                color=COLORS["theory"],
+                linewidth=0.8,
+                linestyle=style,
+                label=label,
+            )
         if tolerance is not None:
-            ax.axhline(tolerance, color=COLORS["mapped"], linewidth=0.8, linestyle=":",
-                       label=f"tolerance $10^{{{np.log10(tolerance):.0f}}}$")
+            ax.axhline(
+                tolerance,
+                color=COLORS["mapped"],
+                linewidth=0.8,
+                linestyle=":",
+                label=f"tolerance $10^{{{np.log10(tolerance):.0f}}}$",
+            )
         ax.set(yscale="log", xscale="log" if xlog else "linear", title=title if len(panels) > 1 else "")
-    for ax in axes.flat[len(panels):]:
+    for ax in axes.flat[len(panels) :]:
         ax.set_visible(False)
     for ax in axes[-1]:
         ax.set_xlabel(xlabel)
@@ -111,8 +121,13 @@ def gap_panels(
         ax.set_ylabel(ylabel)
     handles = {h.get_label(): h for ax in axes.flat for h in ax.get_lines()}
     if legend == "figure":
-        fig.legend(handles.values(), handles.keys(), loc="outside lower center",
-                   ncol=min(3, len(handles)), fontsize=7.5)
+        fig.legend(
+            handles.values(),
+            handles.keys(),
+            loc="outside lower center",
+            ncol=min(3, len(handles)),
+            fontsize=7.5,
+        )
     else:
         axes.flat[0].legend(handles.values(), handles.keys(), loc="best", fontsize=7.5)
     return fig, axes if axes.size > 1 else axes[0, 0]

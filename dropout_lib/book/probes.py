@@ -85,9 +85,9 @@ def fold_check(W: ArrayLike, h: ArrayLike, b: ArrayLike, keep_prob: float) -> Fo
     if W.ndim != 2 or h.shape != (W.shape[0],) or b.shape != (W.shape[1],):
         raise ValueError(f"need W (n_in, n_out), h (n_in,), b (n_out,); got {W.shape}, {h.shape}, {b.shape}.")
     p = float(keep_prob)
-    outputs = (p * h) @ W + b          # d_test(h) = p h, then the layer
-    weights = h @ (p * W) + b          # the paper's rule: outgoing weights times p
-    bias_too = h @ (p * W) + p * b     # the wrong fold
+    outputs = (p * h) @ W + b  # d_test(h) = p h, then the layer
+    weights = h @ (p * W) + b  # the paper's rule: outgoing weights times p
+    bias_too = h @ (p * W) + p * b  # the wrong fold
     bound = 2 * gamma(W.shape[0] + 2) * (np.abs(p * h) @ np.abs(W) + np.abs(b))
     return FoldCheck(
         gap_ratio=float((np.abs(outputs - weights) / bound).max()),

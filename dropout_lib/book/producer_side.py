@@ -77,7 +77,9 @@ def _dropout(variant: Variant, rate: float, seed: int, name: str) -> keras.layer
         return keras.layers.Dropout(rate, seed=seed, name=name)
     if variant == "standard":
         return StandardDropout(rate, seed=seed, name=name)
-    raise ValueError(f"variant must be 'inverted' (Keras's Dropout) or 'standard' (the paper's); got {variant!r}.")
+    raise ValueError(
+        f"variant must be 'inverted' (Keras's Dropout) or 'standard' (the paper's); got {variant!r}."
+    )
 
 
 def residual_model(
@@ -172,10 +174,18 @@ def transformer_block_model(
         raise ValueError(f"variant must be 'inverted' or 'standard'; got {variant!r}.")
     cls = keras.layers.MultiHeadAttention if variant == "inverted" else StandardDropoutAttention
     x = keras.Input((steps, features), name="x")
-    mha = cls(num_heads=heads, key_dim=key_dim, dropout=attention_rate, seed=seed, bias_initializer=_BIAS,
-              name="mha")
+    mha = cls(
+        num_heads=heads,
+        key_dim=key_dim,
+        dropout=attention_rate,
+        seed=seed,
+        bias_initializer=_BIAS,
+        name="mha",
+    )
     y = keras.layers.Add(name="residual")([x, _dropout(variant, residual_rate, seed + 1, "drop")(mha(x, x))])
-    out = keras.layers.Dense(outputs, bias_initializer=_BIAS, name="head")(keras.layers.Flatten(name="flat")(y))
+    out = keras.layers.Dense(outputs, bias_initializer=_BIAS, name="head")(
+        keras.layers.Flatten(name="flat")(y)
+    )
     return keras.Model(x, out, name=f"block_{variant}")
 
 
@@ -276,8 +286,12 @@ def scaled_gaps(
     for t, (ref, oth) in enumerate(zip(reference, other)):
         if not (len(ref) == len(oth) == len(scales)):
             raise ValueError(f"snapshot {t}: {len(ref)}, {len(oth)} variables and {len(scales)} scales.")
-        diff = np.concatenate([(s * np.asarray(o, np.float64) - np.asarray(r, np.float64)).ravel()
-                               for r, o, s in zip(ref, oth, scales)])
+        diff = np.concatenate(
+            [
+                (s * np.asarray(o, np.float64) - np.asarray(r, np.float64)).ravel()
+                for r, o, s in zip(ref, oth, scales)
+            ]
+        )
         size = np.concatenate([np.asarray(r, np.float64).ravel() for r in ref])
         gaps[t] = float(np.linalg.norm(diff) / np.linalg.norm(size))
     return gaps

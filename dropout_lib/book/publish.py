@@ -85,7 +85,8 @@ def round_stable(value: float, digits: int, noise: float, *, name: str = "value"
     >>> round_stable(0.12345, 4, 1e-3)
     Traceback (most recent call last):
     ...
-    ValueError: value = 0.12345 is within a relative 0.001 of a rounding boundary at 4 significant digits (0.1233 .. 0.1236): glue it with fewer digits, or as a bound with glue_bound
+    ValueError: value = 0.12345 is within a relative 0.001 of a rounding boundary at 4 significant
+    digits (0.1233 .. 0.1236): glue it with fewer digits, or as a bound with glue_bound
     """
     value = float(value)
     if not math.isfinite(value):
@@ -122,7 +123,8 @@ def _stable_step(value: float, decimals: int, noise: float, up: bool) -> float:
     if low != high:
         raise ValueError(
             f"value = {value!r} is within a relative {margin / abs(value):g} of a multiple of {1 / scale:g}: "
-            "its bound at this precision differs between machines; use fewer decimals")
+            "its bound at this precision differs between machines; use fewer decimals"
+        )
     return low / scale
 
 
@@ -155,7 +157,8 @@ def stable_ceil(value: float, decimals: int, noise: float) -> float:
     >>> stable_ceil(2.0, 1, 1e-9)
     Traceback (most recent call last):
     ...
-    ValueError: value = 2.0 is within a relative 1e-09 of a multiple of 0.1: its bound at this precision differs between machines; use fewer decimals
+    ValueError: value = 2.0 is within a relative 1e-09 of a multiple of 0.1: its bound at this
+    precision differs between machines; use fewer decimals
     """
     return _stable_step(value, decimals, noise, up=True)
 

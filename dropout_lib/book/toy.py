@@ -111,17 +111,20 @@ class Toy:
         """``value * p_k**power`` on the consuming kernels, ``value`` on every other parameter."""
         return mlp.per_parameter(value, self.params_inv, self.keep_probs, power)
 
-    def loss_and_grads(self, variant: str, t: int = 0,
-                       params: Mapping[str, NDArray] | None = None) -> tuple[float, dict]:
+    def loss_and_grads(
+        self, variant: str, t: int = 0, params: Mapping[str, NDArray] | None = None
+    ) -> tuple[float, dict]:
         """Loss and gradients on step ``t``'s batch and masks (default: the variant's start)."""
         if params is None:
             params = self.params_inv if variant == "inverted" else self.params_std
         x, y = self.batches[t % self.n_batches]
-        return mlp.loss_and_grads(params, x, y, variant=variant, keep_probs=self.keep_probs,
-                                  masks=self.masks[t], loss=self.loss)
+        return mlp.loss_and_grads(
+            params, x, y, variant=variant, keep_probs=self.keep_probs, masks=self.masks[t], loss=self.loss
+        )
 
-    def compare(self, optimizer_inverted, optimizer_standard, *, steps: int | None = None,
-                **kw: Any) -> compare.Comparison:
+    def compare(
+        self, optimizer_inverted, optimizer_standard, *, steps: int | None = None, **kw: Any
+    ) -> compare.Comparison:
         """Train both variants from ``params_inv`` and ``params_std`` on the shared batches and masks.
 
         :func:`dropout_lib.exact.compare.compare_training` with this problem's
@@ -130,12 +133,25 @@ class Toy:
         ``params_standard``, ...).
         """
         return compare.compare_training(
-            self.params_inv, self.batches, self.masks, keep_probs=self.keep_probs,
-            steps=self.n_steps if steps is None else steps, loss=self.loss,
-            optimizer_inverted=optimizer_inverted, optimizer_standard=optimizer_standard, **kw)
+            self.params_inv,
+            self.batches,
+            self.masks,
+            keep_probs=self.keep_probs,
+            steps=self.n_steps if steps is None else steps,
+            loss=self.loss,
+            optimizer_inverted=optimizer_inverted,
+            optimizer_standard=optimizer_standard,
+            **kw,
+        )
 
-    def compare_many(self, optimizer_inverted, optimizers_standard: Mapping[str, Any], *,
-                     steps: int | None = None, **kw: Any) -> dict[str, compare.Comparison]:
+    def compare_many(
+        self,
+        optimizer_inverted,
+        optimizers_standard: Mapping[str, Any],
+        *,
+        steps: int | None = None,
+        **kw: Any,
+    ) -> dict[str, compare.Comparison]:
         """One inverted run against several standard runs, ``{key: Comparison}``.
 
         :func:`dropout_lib.exact.adaptive.compare_runs` with this problem's data,
@@ -144,19 +160,35 @@ class Toy:
         from dropout_lib.exact import adaptive
 
         return adaptive.compare_runs(
-            self.params_inv, self.batches, self.masks, keep_probs=self.keep_probs,
-            steps=self.n_steps if steps is None else steps, loss=self.loss,
-            optimizer_inverted=optimizer_inverted, optimizers_standard=optimizers_standard, **kw)
+            self.params_inv,
+            self.batches,
+            self.masks,
+            keep_probs=self.keep_probs,
+            steps=self.n_steps if steps is None else steps,
+            loss=self.loss,
+            optimizer_inverted=optimizer_inverted,
+            optimizers_standard=optimizers_standard,
+            **kw,
+        )
 
     def mask_stream(self, seed: int, steps: int | None = None) -> list[list]:
         """Masks for ``steps`` steps drawn from another stream (``default_rng(seed)``), same law."""
         rng = np.random.default_rng(seed)
-        return [mlp.sample_masks(self.sizes, self.keep_probs, self.batch, rng)
-                for _ in range(self.n_steps if steps is None else steps)]
+        return [
+            mlp.sample_masks(self.sizes, self.keep_probs, self.batch, rng)
+            for _ in range(self.n_steps if steps is None else steps)
+        ]
 
-    def train(self, variant: str, optimizer, *, masks: Sequence[list] | None = None,
-              steps: int | None = None, start: Mapping[str, NDArray] | None = None,
-              **train_kw: Any):
+    def train(
+        self,
+        variant: str,
+        optimizer,
+        *,
+        masks: Sequence[list] | None = None,
+        steps: int | None = None,
+        start: Mapping[str, NDArray] | None = None,
+        **train_kw: Any,
+    ):
         """Train one net of ``variant`` from its start (``params_inv`` or ``params_std``).
 
         ``masks`` default to the shared ones; pass :meth:`mask_stream` for
@@ -165,13 +197,27 @@ class Toy:
         if start is None:
             start = self.params_inv if variant == "inverted" else self.params_std
         masks = self.masks if masks is None else masks
-        return train(start, self.batches, masks, variant=variant, keep_probs=self.keep_probs,
-                     steps=len(masks) if steps is None else steps, optimizer=optimizer,
-                     loss=self.loss, **train_kw)
+        return train(
+            start,
+            self.batches,
+            masks,
+            variant=variant,
+            keep_probs=self.keep_probs,
+            steps=len(masks) if steps is None else steps,
+            optimizer=optimizer,
+            loss=self.loss,
+            **train_kw,
+        )
 
-    def control_gaps(self, reference: compare.Comparison, optimizer_standard, *,
-                     start: Mapping[str, NDArray] | None = None, steps: int | None = None,
-                     **train_kw: Any) -> NDArray[np.float64]:
+    def control_gaps(
+        self,
+        reference: compare.Comparison,
+        optimizer_standard,
+        *,
+        start: Mapping[str, NDArray] | None = None,
+        steps: int | None = None,
+        **train_kw: Any,
+    ) -> NDArray[np.float64]:
         """Gaps of one more standard run to ``reference``'s inverted run, step by step.
 
         The standard net starts from ``start`` (default ``params_std``), is
@@ -181,20 +227,30 @@ class Toy:
         :func:`dropout_lib.exact.compare.trajectory_gaps`, entry 0 the start.
         """
         steps = self.n_steps if steps is None else steps
-        std = train(self.params_std if start is None else start, self.batches, self.masks,
-                    variant="standard", keep_probs=self.keep_probs, steps=steps,
-                    optimizer=optimizer_standard, loss=self.loss, **train_kw)
-        return compare.trajectory_gaps(reference.inverted.history[:steps + 1], std.history,
-                                       reference.to_inverted)[0]
+        std = train(
+            self.params_std if start is None else start,
+            self.batches,
+            self.masks,
+            variant="standard",
+            keep_probs=self.keep_probs,
+            steps=steps,
+            optimizer=optimizer_standard,
+            loss=self.loss,
+            **train_kw,
+        )
+        return compare.trajectory_gaps(
+            reference.inverted.history[: steps + 1], std.history, reference.to_inverted
+        )[0]
 
-    def predict(self, params: Mapping[str, NDArray], variant: str,
-                x: NDArray | None = None) -> NDArray:
+    def predict(self, params: Mapping[str, NDArray], variant: str, x: NDArray | None = None) -> NDArray:
         """Test-time logits of a net of either variant (inverted: no scaling; standard: ``p h``)."""
-        return mlp.predict(params, self.x_test if x is None else x, variant=variant,
-                           keep_probs=self.keep_probs)
+        return mlp.predict(
+            params, self.x_test if x is None else x, variant=variant, keep_probs=self.keep_probs
+        )
 
-    def disagreement(self, params_a: Mapping[str, NDArray], variant_a: str,
-                     params_b: Mapping[str, NDArray], variant_b: str) -> float:
+    def disagreement(
+        self, params_a: Mapping[str, NDArray], variant_a: str, params_b: Mapping[str, NDArray], variant_b: str
+    ) -> float:
         """Share of held-out examples whose predicted class differs between two trained nets."""
         za, zb = self.predict(params_a, variant_a), self.predict(params_b, variant_b)
         return float(np.mean(za.argmax(axis=1) != zb.argmax(axis=1)))
@@ -208,17 +264,31 @@ class Toy:
         """
         from dropout_lib.book.publish import glue_exact_many
 
-        values = {"net_shape": "-".join(map(str, self.sizes)), "p1": self.p1, "p3": self.p3,
-                  "rate1": round(1 - self.p1, 12), "rate3": round(1 - self.p3, 12),
-                  "batch": self.batch, "n_batches": self.n_batches, "n_steps": self.n_steps}
+        values = {
+            "net_shape": "-".join(map(str, self.sizes)),
+            "p1": self.p1,
+            "p3": self.p3,
+            "rate1": round(1 - self.p1, 12),
+            "rate3": round(1 - self.p3, 12),
+            "batch": self.batch,
+            "n_batches": self.n_batches,
+            "n_steps": self.n_steps,
+        }
         if len(self.x_test):
             values["n_test"] = len(self.x_test)
         glue_exact_many(values)
 
 
-def toy_problem(n_steps: int = 500, *, n_test: int = 0, batch: int = 32, n_batches: int = 8,
-                seed: int = 2014, sizes: Sequence[int] = SIZES,
-                keep_probs: Sequence[float] = KEEP_PROBS) -> Toy:
+def toy_problem(
+    n_steps: int = 500,
+    *,
+    n_test: int = 0,
+    batch: int = 32,
+    n_batches: int = 8,
+    seed: int = 2014,
+    sizes: Sequence[int] = SIZES,
+    keep_probs: Sequence[float] = KEEP_PROBS,
+) -> Toy:
     """Build the toy problem of chapters 4-6 from one seeded stream (see the module docstring).
 
     Parameters
@@ -249,7 +319,17 @@ def toy_problem(n_steps: int = 500, *, n_test: int = 0, batch: int = 32, n_batch
     batches = [labelled(x) for x in rng.normal(size=(n_batches, batch, sizes[0]))]
     masks = [mlp.sample_masks(sizes, keep_probs, batch, rng) for _ in range(n_steps)]
     x_test, y_test = labelled(rng.normal(size=(n_test, sizes[0])))
-    return Toy(sizes=sizes, keep_probs=keep_probs, batch=batch, n_batches=n_batches,
-               n_steps=n_steps, params_inv=params_inv,
-               params_std=mlp.to_standard_params(params_inv, keep_probs), teacher=teacher,
-               batches=batches, masks=masks, x_test=x_test, y_test=y_test)
+    return Toy(
+        sizes=sizes,
+        keep_probs=keep_probs,
+        batch=batch,
+        n_batches=n_batches,
+        n_steps=n_steps,
+        params_inv=params_inv,
+        params_std=mlp.to_standard_params(params_inv, keep_probs),
+        teacher=teacher,
+        batches=batches,
+        masks=masks,
+        x_test=x_test,
+        y_test=y_test,
+    )

@@ -34,8 +34,16 @@ from numpy.typing import NDArray
 from dropout_lib import twins
 from dropout_lib.conversion import dropout_consumers
 
-__all__ = ["NET_RATES", "TwinRow", "compare_mapped", "example_inputs", "example_nets", "plot_gaps",
-           "producer_mapped_twin", "tanh_between_net"]
+__all__ = [
+    "NET_RATES",
+    "TwinRow",
+    "compare_mapped",
+    "example_inputs",
+    "example_nets",
+    "plot_gaps",
+    "producer_mapped_twin",
+    "tanh_between_net",
+]
 
 L = keras.layers
 
@@ -51,18 +59,24 @@ NET_RATES: dict[str, tuple[float, ...]] = {
 def _kw(dtype: str, seed: int) -> dict[str, Any]:
     # He-normal kernels; biases from N(0, 0.5^2), so that a scaled bias shows
     init = keras.initializers
-    return dict(dtype=dtype, kernel_initializer=init.HeNormal(seed),
-                bias_initializer=init.RandomNormal(stddev=0.5, seed=seed + 100))
+    return dict(
+        dtype=dtype,
+        kernel_initializer=init.HeNormal(seed),
+        bias_initializer=init.RandomNormal(stddev=0.5, seed=seed + 100),
+    )
 
 
 def _dense(dtype: str, rates: tuple[float, ...]) -> keras.Model:
-    return keras.Sequential([
-        keras.Input((20,), dtype=dtype),
-        L.Dense(64, "relu", **_kw(dtype, 1)),
-        L.Dropout(rates[0], seed=1, dtype=dtype),
-        L.Dense(64, "relu", **_kw(dtype, 2)),
-        L.Dropout(rates[1], seed=2, dtype=dtype),
-        L.Dense(10, **_kw(dtype, 3))])
+    return keras.Sequential(
+        [
+            keras.Input((20,), dtype=dtype),
+            L.Dense(64, "relu", **_kw(dtype, 1)),
+            L.Dropout(rates[0], seed=1, dtype=dtype),
+            L.Dense(64, "relu", **_kw(dtype, 2)),
+            L.Dropout(rates[1], seed=2, dtype=dtype),
+            L.Dense(10, **_kw(dtype, 3)),
+        ]
+    )
 
 
 def _input(dtype: str, rates: tuple[float, ...]) -> keras.Model:
@@ -73,29 +87,39 @@ def _input(dtype: str, rates: tuple[float, ...]) -> keras.Model:
 
 
 def _conv(dtype: str, rates: tuple[float, ...]) -> keras.Model:
-    return keras.Sequential([
-        keras.Input((10, 10, 3), dtype=dtype),
-        L.Conv2D(16, 3, activation="relu", **_kw(dtype, 6)),
-        L.SpatialDropout2D(rates[0], seed=4, dtype=dtype),
-        L.Conv2D(16, 3, activation="relu", **_kw(dtype, 7)),
-        L.Flatten(dtype=dtype),
-        L.Dropout(rates[1], seed=5, dtype=dtype),
-        L.Dense(10, **_kw(dtype, 8))])
+    return keras.Sequential(
+        [
+            keras.Input((10, 10, 3), dtype=dtype),
+            L.Conv2D(16, 3, activation="relu", **_kw(dtype, 6)),
+            L.SpatialDropout2D(rates[0], seed=4, dtype=dtype),
+            L.Conv2D(16, 3, activation="relu", **_kw(dtype, 7)),
+            L.Flatten(dtype=dtype),
+            L.Dropout(rates[1], seed=5, dtype=dtype),
+            L.Dense(10, **_kw(dtype, 8)),
+        ]
+    )
 
 
 def _relu_pool(dtype: str, rates: tuple[float, ...]) -> keras.Model:
-    return keras.Sequential([
-        keras.Input((10, 10, 3), dtype=dtype),
-        L.Conv2D(8, 3, **_kw(dtype, 9)),                # linear: h may be < 0
-        L.Dropout(rates[0], seed=6, dtype=dtype),
-        L.ReLU(dtype=dtype),                            # relu(m h / p) = relu(m h) / p
-        L.MaxPooling2D(2, dtype=dtype),                 # max(c v) = c max(v), c > 0
-        L.Flatten(dtype=dtype),
-        L.Dense(10, **_kw(dtype, 10))])                 # the consumer
+    return keras.Sequential(
+        [
+            keras.Input((10, 10, 3), dtype=dtype),
+            L.Conv2D(8, 3, **_kw(dtype, 9)),  # linear: h may be < 0
+            L.Dropout(rates[0], seed=6, dtype=dtype),
+            L.ReLU(dtype=dtype),  # relu(m h / p) = relu(m h) / p
+            L.MaxPooling2D(2, dtype=dtype),  # max(c v) = c max(v), c > 0
+            L.Flatten(dtype=dtype),
+            L.Dense(10, **_kw(dtype, 10)),
+        ]
+    )  # the consumer
 
 
 _BUILDERS: dict[str, Callable[[str, tuple[float, ...]], keras.Model]] = {
-    "dense": _dense, "input": _input, "conv": _conv, "relu_pool": _relu_pool}
+    "dense": _dense,
+    "input": _input,
+    "conv": _conv,
+    "relu_pool": _relu_pool,
+}
 
 
 def example_nets(dtype: str = "float64", rate: float | None = None) -> dict[str, keras.Model]:
@@ -114,8 +138,12 @@ def example_nets(dtype: str = "float64", rate: float | None = None) -> dict[str,
 def example_inputs(seed: int = 3) -> dict[str, NDArray[np.float64]]:
     """Float64 inputs for :func:`example_nets`: 64 vectors or 16 images per network."""
     rng = np.random.default_rng(seed)
-    return {"dense": rng.normal(size=(64, 20)), "input": rng.normal(size=(64, 20)),
-            "conv": rng.normal(size=(16, 10, 10, 3)), "relu_pool": rng.normal(size=(16, 10, 10, 3))}
+    return {
+        "dense": rng.normal(size=(64, 20)),
+        "input": rng.normal(size=(64, 20)),
+        "conv": rng.normal(size=(16, 10, 10, 3)),
+        "relu_pool": rng.normal(size=(16, 10, 10, 3)),
+    }
 
 
 @dataclass(frozen=True)
@@ -170,7 +198,7 @@ def compare_mapped(
         gap = None
         if control:
             bad = twins.mapped_twin(inv, "standard")
-            twins.scale_consumer_biases(bad, "to_standard")   # wrong map: b / p too
+            twins.scale_consumer_biases(bad, "to_standard")  # wrong map: b / p too
             c = twins.compare_twins(bad, inv, x, predict=False)
             gap = min(c.training + (c.inference,))
         rows[name] = TwinRow(result, twins.rounding_tolerance(k, dtype), k, gap)
@@ -187,12 +215,15 @@ def tanh_between_net(dtype: str = "float64") -> keras.Model:
     ``thm-absorb-either-side``). :func:`dropout_lib.twins.mapped_twin` builds
     consumer-side maps only, so it must refuse this network.
     """
-    return keras.Sequential([
-        keras.Input((20,), dtype=dtype),
-        L.Dense(16, **_kw(dtype, 11)),
-        L.Dropout(0.3, seed=7, dtype=dtype),
-        L.Activation("tanh", dtype=dtype),
-        L.Dense(4, **_kw(dtype, 12))])
+    return keras.Sequential(
+        [
+            keras.Input((20,), dtype=dtype),
+            L.Dense(16, **_kw(dtype, 11)),
+            L.Dropout(0.3, seed=7, dtype=dtype),
+            L.Activation("tanh", dtype=dtype),
+            L.Dense(4, **_kw(dtype, 12)),
+        ]
+    )
 
 
 def producer_mapped_twin(model: keras.Model) -> keras.Model:
@@ -230,7 +261,11 @@ def plot_gaps(groups: Mapping[str, list[float]], eps: Mapping[str, float]):
     for bits, e in eps.items():
         ax.axvline(e, color=COLORS["theory"], lw=0.8, ls="--")
         ax.text(e * 1.3, len(groups) - 0.6, rf"$\varepsilon_{{{bits}}}$")
-    ax.set(xscale="log", yticks=range(len(groups)), yticklabels=list(groups),
-           ylim=(len(groups) - 0.3, -0.5),
-           xlabel=r"relative difference $\|y^{std} - y^{inv}\|\,/\,\|y^{inv}\|$")
+    ax.set(
+        xscale="log",
+        yticks=range(len(groups)),
+        yticklabels=list(groups),
+        ylim=(len(groups) - 0.3, -0.5),
+        xlabel=r"relative difference $\|y^{std} - y^{inv}\|\,/\,\|y^{inv}\|$",
+    )
     return fig, ax

@@ -135,23 +135,43 @@ def variance_shift_figure(
         for training, when in ((True, "training"), (False, "test")):
             _, v = dropout_moments(variant, ps, 1.0, 1.0, training=training)
             ax_v.plot(ps, v, line if training else ":", color=COLORS[variant], label=f"{variant}, {when}")
-    ax_v.set(xlabel="keep probability $p$", ylabel="variance of $d(x)$", yscale="log",
-             title=r"one unit, $\mu = s = 1$")
+    ax_v.set(
+        xlabel="keep probability $p$",
+        ylabel="variance of $d(x)$",
+        yscale="log",
+        title=r"one unit, $\mu = s = 1$",
+    )
     ax_v.legend(fontsize=8)
     z: list[float] = []
     for kappa, line in zip(kappas, ("-", "--", ":", "-.")):
         mean = float(np.sqrt(kappa))
-        ax_r.plot(ps, variance_shift_ratio(ps, mean, 1.0), line, lw=1, color=COLORS["theory"],
-                  label=rf"theorem, $\kappa={kappa:g}$")
+        ax_r.plot(
+            ps,
+            variance_shift_ratio(ps, mean, 1.0),
+            line,
+            lw=1,
+            color=COLORS["theory"],
+            label=rf"theorem, $\kappa={kappa:g}$",
+        )
         for variant, marker in (("standard", "o"), ("inverted", "x")):
             r_hat, se = np.array(
                 [mc_variance_shift_ratio(variant, p, rng.normal(mean, 1.0, int(n_mc)), rng) for p in p_mc]
             ).T
             z.extend(z_scores(r_hat, se, variance_shift_ratio(p_mc, mean, 1.0)))
-            ax_r.plot(p_mc, r_hat, marker, color=COLORS[variant], ms=5, mfc="none",
-                      label=f"{variant}, Monte Carlo" if kappa == kappas[0] else None)
-    ax_r.set(xlabel="keep probability $p$", title="variance shift",
-             ylabel=r"$\mathrm{Var}_\mathrm{test}/\mathrm{Var}_\mathrm{train}$")
+            ax_r.plot(
+                p_mc,
+                r_hat,
+                marker,
+                color=COLORS[variant],
+                ms=5,
+                mfc="none",
+                label=f"{variant}, Monte Carlo" if kappa == kappas[0] else None,
+            )
+    ax_r.set(
+        xlabel="keep probability $p$",
+        title="variance shift",
+        ylabel=r"$\mathrm{Var}_\mathrm{test}/\mathrm{Var}_\mathrm{train}$",
+    )
     ax_r.legend(fontsize=8, loc="upper left")
     return fig, np.asarray(z)
 
@@ -181,15 +201,27 @@ class DropoutBN:
     test_input: dict[str, NDArray[np.float64]] = field(default_factory=dict)
 
     def train_calls(self, steps: int, seed: int, *, dropout_training: bool = True) -> None:
-        """More training calls of every pair (``dropout_training=False``: dropout off, BatchNorm still updating)."""
+        """More training calls of every pair.
+
+        ``dropout_training=False``: dropout off, BatchNorm still updating.
+        """
         names = list(self.bn)
-        last = run_training_calls([self.drop[n] for n in names], [self.bn[n] for n in names], self.x,
-                                  batch_size=self.batch_size, steps=steps, seed=seed,
-                                  dropout_training=dropout_training)
+        last = run_training_calls(
+            [self.drop[n] for n in names],
+            [self.bn[n] for n in names],
+            self.x,
+            batch_size=self.batch_size,
+            steps=steps,
+            seed=seed,
+            dropout_training=dropout_training,
+        )
         self.last_batch.update(zip(names, last))
 
     def outputs(self, name: str, epsilon: float, training: bool) -> NDArray[np.float64]:
-        """Pair ``name``'s BatchNorm, copied with ``epsilon``, on its last batch (training) or the test data."""
+        """Pair ``name``'s BatchNorm, copied with ``epsilon``.
+
+        On its last batch (training) or the test data.
+        """
         layer = with_epsilon(self.bn[name], epsilon)
         y = self.last_batch[name] if training else self.test_input[name]
         return np.asarray(layer(y, training=training), dtype=np.float64)
@@ -255,15 +287,17 @@ def _regression_net(variant: str, rate: float, epsilon: float, momentum: float, 
 
     f64 = "float64"
     cls = keras.layers.Dropout if variant == "inverted" else StandardDropout
-    return keras.Sequential([
-        keras.Input((n_in,), dtype=f64),
-        keras.layers.Dense(16, activation="relu", dtype=f64),
-        cls(rate, seed=5, dtype=f64),  # same seed: same masks in every net
-        keras.layers.Dense(8, use_bias=False, dtype=f64),
-        keras.layers.BatchNormalization(momentum=momentum, epsilon=epsilon, dtype=f64),
-        keras.layers.ReLU(dtype=f64),
-        keras.layers.Dense(1, dtype=f64),
-    ])
+    return keras.Sequential(
+        [
+            keras.Input((n_in,), dtype=f64),
+            keras.layers.Dense(16, activation="relu", dtype=f64),
+            cls(rate, seed=5, dtype=f64),  # same seed: same masks in every net
+            keras.layers.Dense(8, use_bias=False, dtype=f64),
+            keras.layers.BatchNormalization(momentum=momentum, epsilon=epsilon, dtype=f64),
+            keras.layers.ReLU(dtype=f64),
+            keras.layers.Dense(1, dtype=f64),
+        ]
+    )
 
 
 def fit_bn_nets(
@@ -293,18 +327,27 @@ def fit_bn_nets(
     p = check_keep_prob(keep_prob)
     keras.utils.set_random_seed(seed)
     xs = np.asarray(x, dtype=np.float64)
-    nets = {name: _regression_net(check_variant(v), 1.0 - p, eps, momentum, xs.shape[1])
-            for name, (v, eps, _) in configs.items()}
+    nets = {
+        name: _regression_net(check_variant(v), 1.0 - p, eps, momentum, xs.shape[1])
+        for name, (v, eps, _) in configs.items()
+    }
     start = next(iter(nets.values())).get_weights()
     for name, net in nets.items():
         # the moving variance is a (non-trainable) weight: set each net's initial value, in
         # float64 (keras.initializers.Constant would pass it through float32)
         initial = float(configs[name][2])
-        net.set_weights([np.full_like(w, initial) if _is_moving_variance(v) else w
-                         for w, v in zip(start, net.weights)])
+        net.set_weights(
+            [np.full_like(w, initial) if _is_moving_variance(v) else w for w, v in zip(start, net.weights)]
+        )
         net.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="mse", jit_compile=False)
-        net.fit(xs, np.asarray(y, dtype=np.float64), batch_size=batch_size, epochs=epochs,
-                shuffle=False, verbose=0)
+        net.fit(
+            xs,
+            np.asarray(y, dtype=np.float64),
+            batch_size=batch_size,
+            epochs=epochs,
+            shuffle=False,
+            verbose=0,
+        )
     return nets
 
 

@@ -69,17 +69,18 @@ __all__ = [
 
 #: Where each numpy optimizer adds its epsilon, by (class name, form).
 EPSILON_PLACEMENT: dict[tuple[str, Form], Placement] = {
-    ("Adam", "keras"): "outside",     # m * alpha / (sqrt(v) + eps), v uncorrected
-    ("Adam", "paper"): "outside",     # m_hat / (sqrt(v_hat) + eps)
-    ("RMSprop", "keras"): "inside",   # g / sqrt(v + eps)
+    ("Adam", "keras"): "outside",  # m * alpha / (sqrt(v) + eps), v uncorrected
+    ("Adam", "paper"): "outside",  # m_hat / (sqrt(v_hat) + eps)
+    ("RMSprop", "keras"): "inside",  # g / sqrt(v + eps)
     ("RMSprop", "paper"): "outside",  # g / (sqrt(v) + eps)
-    ("Adagrad", "keras"): "inside",   # g / sqrt(G + eps)
+    ("Adagrad", "keras"): "inside",  # g / sqrt(G + eps)
     ("Adagrad", "paper"): "outside",  # g / (eps + sqrt(G))
 }
 
 #: ``state_std = p**power * state_inv`` on a consuming weight, per state key.
 STATE_POWERS: dict[str, dict[str, int]] = {
-    name: _optimizers.STATE_POWERS[name] for name in ("Adam", "RMSprop", "Adagrad")  # the one table
+    name: _optimizers.STATE_POWERS[name]
+    for name in ("Adam", "RMSprop", "Adagrad")  # the one table
 }
 
 
@@ -205,8 +206,10 @@ def state_to_inverted(
     power = powers[key]
 
     def to_inverted(state: Mapping[str, NDArray]) -> dict[str, NDArray]:
-        return {n: np.asarray(s) * consumers[n] ** (-power) if n in consumers else np.asarray(s)
-                for n, s in state.items()}
+        return {
+            n: np.asarray(s) * consumers[n] ** (-power) if n in consumers else np.asarray(s)
+            for n, s in state.items()
+        }
 
     return to_inverted
 
@@ -238,7 +241,7 @@ def epsilon_ratio(optimizer: Optimizer) -> dict[str, NDArray[np.float64]]:
         elif name == "Adam":
             second = s["v_hat"] if optimizer.amsgrad else s["v"]
             if optimizer.form == "paper":
-                second = second / (1 - optimizer.beta_2 ** optimizer.iterations)
+                second = second / (1 - optimizer.beta_2**optimizer.iterations)
         else:
             second = s["v"] - s["a"] * s["a"] if optimizer.centered else s["v"]
         q = second if placement == "inside" else np.sqrt(second)
@@ -281,8 +284,14 @@ def compare_runs(
             "build a new one for each key."
         )
     common = dict(keep_probs=keep_probs, steps=steps, record=True, **train_kw)
-    inverted = train(params_inverted, data_batches, masks_sequence, variant="inverted",
-                     optimizer=optimizer_inverted, **common)
+    inverted = train(
+        params_inverted,
+        data_batches,
+        masks_sequence,
+        variant="inverted",
+        optimizer=optimizer_inverted,
+        **common,
+    )
     start = mlp.to_standard_params(params_inverted, keep_probs)
 
     def to_inverted(p: Mapping[str, NDArray]) -> dict[str, NDArray]:
@@ -290,11 +299,15 @@ def compare_runs(
 
     out: dict[str, compare.Comparison] = {}
     for key, opt in optimizers_standard.items():
-        standard = train(start, data_batches, masks_sequence, variant="standard",
-                         optimizer=opt, **common)
+        standard = train(start, data_batches, masks_sequence, variant="standard", optimizer=opt, **common)
         gaps, per_name = compare.trajectory_gaps(inverted.history, standard.history, to_inverted)
         out[key] = compare.Comparison(
-            inverted=inverted, standard=standard, gaps=gaps, parameter_gaps=per_name,
-            to_inverted=to_inverted, optimizer_inverted=optimizer_inverted,
-            optimizer_standard=opt)
+            inverted=inverted,
+            standard=standard,
+            gaps=gaps,
+            parameter_gaps=per_name,
+            to_inverted=to_inverted,
+            optimizer_inverted=optimizer_inverted,
+            optimizer_standard=opt,
+        )
     return out

@@ -121,8 +121,7 @@ class Clipped(Optimizer):
         # belong to the wrapped optimizer.
         if not isinstance(optimizer, Optimizer):
             raise TypeError(
-                f"optimizer must be a dropout_lib.exact.optimizers.Optimizer; got "
-                f"{type(optimizer).__name__}."
+                f"optimizer must be a dropout_lib.exact.optimizers.Optimizer; got {type(optimizer).__name__}."
             )
         if optimizer.clipnorm is not None or optimizer.global_clipnorm is not None:
             raise ValueError(
@@ -131,14 +130,12 @@ class Clipped(Optimizer):
             )
         if rule not in RULES:
             raise ValueError(
-                f"rule must be one of {RULES} (Keras's clipnorm, clipvalue, "
-                f"global_clipnorm); got {rule!r}."
+                f"rule must be one of {RULES} (Keras's clipnorm, clipvalue, global_clipnorm); got {rule!r}."
             )
         if isinstance(threshold, Mapping):
             if rule == "global_norm":
                 raise ValueError(
-                    "global_norm clipping has one threshold for all tensors; got a dict. "
-                    "Give a float."
+                    "global_norm clipping has one threshold for all tensors; got a dict. Give a float."
                 )
             for name, v in threshold.items():
                 _check_threshold(v, f"threshold[{name!r}]")

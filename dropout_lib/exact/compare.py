@@ -211,13 +211,12 @@ class Comparison:
             except KeyError:
                 have = sorted({k for s in opt.state.values() for k in s})
                 raise ValueError(
-                    f"the {which} optimizer has no state {key!r} for every parameter; "
-                    f"it has {have}."
+                    f"the {which} optimizer has no state {key!r} for every parameter; it has {have}."
                 ) from None
 
         return mlp.relative_difference(
-            psi(slot(self.optimizer_standard, "standard")),
-            slot(self.optimizer_inverted, "inverted"))
+            psi(slot(self.optimizer_standard, "standard")), slot(self.optimizer_inverted, "inverted")
+        )
 
     def step_factors(self, t: int = 0) -> dict[str, Factor]:
         """The standard run's step ``t``, mapped back, as a multiple of the inverted run's.
@@ -300,8 +299,11 @@ def compare_training(
     Comparison
         Both runs and ``gaps`` of length ``steps + 1``.
     """
-    for name, kw in (("train_kw", train_kw), ("inverted_kw", inverted_kw or {}),
-                     ("standard_kw", standard_kw or {})):
+    for name, kw in (
+        ("train_kw", train_kw),
+        ("inverted_kw", inverted_kw or {}),
+        ("standard_kw", standard_kw or {}),
+    ):
         clash = {"variant", "keep_probs", "optimizer", "steps", "record"} & set(kw)
         if clash:
             raise ValueError(
@@ -321,11 +323,29 @@ def compare_training(
         to_inverted = partial(mlp.to_inverted_params, keep_probs=keep_probs)
     start_std = to_standard(params_inverted) if params_standard is None else params_standard
     common = dict(keep_probs=keep_probs, steps=steps, record=True, **train_kw)
-    inverted = train(params_inverted, data_batches, masks_sequence, variant="inverted",
-                     optimizer=opt_inv, **{**common, **(inverted_kw or {})})
-    standard = train(start_std, data_batches, masks_sequence, variant="standard",
-                     optimizer=opt_std, **{**common, **(standard_kw or {})})
+    inverted = train(
+        params_inverted,
+        data_batches,
+        masks_sequence,
+        variant="inverted",
+        optimizer=opt_inv,
+        **{**common, **(inverted_kw or {})},
+    )
+    standard = train(
+        start_std,
+        data_batches,
+        masks_sequence,
+        variant="standard",
+        optimizer=opt_std,
+        **{**common, **(standard_kw or {})},
+    )
     gaps, per_name = trajectory_gaps(inverted.history, standard.history, to_inverted)
-    return Comparison(inverted=inverted, standard=standard, gaps=gaps,
-                      parameter_gaps=per_name, to_inverted=to_inverted,
-                      optimizer_inverted=opt_inv, optimizer_standard=opt_std)
+    return Comparison(
+        inverted=inverted,
+        standard=standard,
+        gaps=gaps,
+        parameter_gaps=per_name,
+        to_inverted=to_inverted,
+        optimizer_inverted=opt_inv,
+        optimizer_standard=opt_std,
+    )

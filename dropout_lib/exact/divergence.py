@@ -78,8 +78,10 @@ def activation_flips(
         x, _ = data_batches[t % len(data_batches)]
         _, cache_inv = mlp.forward(inv[t], x, variant="inverted", masks=masks_sequence[t], **kw)
         _, cache_std = mlp.forward(std[t], x, variant="standard", masks=masks_sequence[t], **kw)
-        flips[t] = sum(int(np.count_nonzero((a > 0) != (b > 0)))
-                       for a, b in zip(cache_inv["z"][:-1], cache_std["z"][:-1]))
+        flips[t] = sum(
+            int(np.count_nonzero((a > 0) != (b > 0)))
+            for a, b in zip(cache_inv["z"][:-1], cache_std["z"][:-1])
+        )
     return flips
 
 

@@ -81,8 +81,7 @@ def n_layers(params: Mapping[str, NDArray]) -> int:
         L += 1
     if L == 0:
         raise ValueError(
-            f"params has no 'W1'; got keys {sorted(params)}. Build params with "
-            "init_params(sizes, rng)."
+            f"params has no 'W1'; got keys {sorted(params)}. Build params with init_params(sizes, rng)."
         )
     return L
 
@@ -116,9 +115,7 @@ def init_params(
     """
     sizes = [int(n) for n in sizes]
     if len(sizes) < 2 or min(sizes) < 1:
-        raise ValueError(
-            f"sizes must hold at least two positive widths (input, output); got {sizes}."
-        )
+        raise ValueError(f"sizes must hold at least two positive widths (input, output); got {sizes}.")
     L = len(sizes) - 1
     if scale is None:
         sigmas = [np.sqrt(2.0 / n) for n in sizes[:-1]]
@@ -127,10 +124,7 @@ def init_params(
     else:
         sigmas = [float(s) for s in scale]
         if len(sigmas) != L:
-            raise ValueError(
-                f"scale must be one float or one per layer ({L}); got {len(sigmas)}: "
-                f"{sigmas}."
-            )
+            raise ValueError(f"scale must be one float or one per layer ({L}); got {len(sigmas)}: {sigmas}.")
     gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
     params: Params = {}
     for k in range(1, L + 1):
@@ -168,9 +162,7 @@ def per_parameter(
     return {n: value * consumers[n] ** power if n in consumers else value for n in params}
 
 
-def to_standard_params(
-    params_inv: Mapping[str, NDArray], keep_probs: Sequence[float]
-) -> Params:
+def to_standard_params(params_inv: Mapping[str, NDArray], keep_probs: Sequence[float]) -> Params:
     """Map inverted-dropout parameters to the standard net computing the same function.
 
     ``W_k -> W_k / p_k`` for every ``W_k`` (an identity where ``p_k = 1``); biases
@@ -184,9 +176,7 @@ def to_standard_params(
     return out
 
 
-def to_inverted_params(
-    params_std: Mapping[str, NDArray], keep_probs: Sequence[float]
-) -> Params:
+def to_inverted_params(params_std: Mapping[str, NDArray], keep_probs: Sequence[float]) -> Params:
     """Inverse of :func:`to_standard_params`: ``W_k -> p_k * W_k``, biases unchanged."""
     ps = _check_keep_probs(keep_probs, n_layers(params_std))
     out = {n: np.array(v, dtype=np.float64) for n, v in params_std.items()}
@@ -207,10 +197,7 @@ def sample_masks(
     """
     ps = _check_keep_probs(keep_probs, len(sizes) - 1)
     gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
-    return [
-        None if p == 1.0 else sample_mask((batch, sizes[k]), p, gen)
-        for k, p in enumerate(ps)
-    ]
+    return [None if p == 1.0 else sample_mask((batch, sizes[k]), p, gen) for k, p in enumerate(ps)]
 
 
 # --------------------------------------------------------------- forward pass
@@ -269,9 +256,7 @@ def _check_masks(
     return [None if m is None else check_mask(m, s) for m, s in zip(masks, h_shapes)]
 
 
-def _drop(
-    variant: Variant, h: NDArray, p: float, m: NDArray | None, training: bool
-) -> NDArray:
+def _drop(variant: Variant, h: NDArray, p: float, m: NDArray | None, training: bool) -> NDArray:
     """``d(h)`` with an already checked mask: :func:`dropout_lib.reference.apply_dropout`.
 
     Identity when ``p = 1``. Linear in ``h``, so in training it is its own
@@ -308,8 +293,16 @@ def forward(
         )
     shapes = [(h.shape[0], params[f"W{k}"].shape[0]) for k in range(1, L + 1)]
     ms = _check_masks(masks, ps, training, shapes)
-    cache: dict = {"d": [], "z": [], "h": [], "masks": ms, "keep_probs": ps,
-                   "variant": variant, "activation": activation, "training": training}
+    cache: dict = {
+        "d": [],
+        "z": [],
+        "h": [],
+        "masks": ms,
+        "keep_probs": ps,
+        "variant": variant,
+        "activation": activation,
+        "training": training,
+    }
     for k in range(1, L + 1):
         d = _drop(variant, h, ps[k - 1], ms[k - 1], training)
         z = d @ params[f"W{k}"] + params[f"b{k}"]
@@ -334,8 +327,9 @@ def predict(
     Standard dropout scales each dropped layer's input by ``p_k`` (the paper's
     "multiply the outgoing weights by ``p``"); inverted dropout does nothing.
     """
-    return forward(params, x, variant=variant, keep_probs=keep_probs, training=False,
-                   activation=activation)[0]
+    return forward(params, x, variant=variant, keep_probs=keep_probs, training=False, activation=activation)[
+        0
+    ]
 
 
 # ------------------------------------------------------------- loss, backprop
@@ -384,8 +378,9 @@ def loss_and_grads(
     the forward pass (``m_k *`` or ``m_k / p_k *``).
     """
     y = np.asarray(y, dtype=np.float64)
-    z, cache = forward(params, x, variant=variant, keep_probs=keep_probs, masks=masks,
-                       training=True, activation=activation)
+    z, cache = forward(
+        params, x, variant=variant, keep_probs=keep_probs, masks=masks, training=True, activation=activation
+    )
     value, g = _loss(loss, z, y)
     L = len(cache["z"])
     grads: Params = {}
@@ -398,9 +393,7 @@ def loss_and_grads(
             g = gh * _act_grad(activation, cache["z"][k - 2], cache["h"][k - 2])
     for name, lam in (l2 or {}).items():
         if name not in params:
-            raise ValueError(
-                f"l2 names {name!r}, which is not a parameter; have {sorted(params)}."
-            )
+            raise ValueError(f"l2 names {name!r}, which is not a parameter; have {sorted(params)}.")
         w = params[name]
         value += float(lam) * float(np.sum(w * w))
         grads[name] = grads[name] + 2.0 * float(lam) * w
@@ -429,8 +422,7 @@ def gradient_check(
     The error of the central difference is ``O(s^2 L''')`` truncation plus
     ``O(eps_64 |L| / s)`` rounding, about 1e-10 for ``s = 1e-5`` on a smooth loss.
     """
-    kw = dict(variant=variant, keep_probs=keep_probs, masks=masks, activation=activation,
-              loss=loss, l2=l2)
+    kw = dict(variant=variant, keep_probs=keep_probs, masks=masks, activation=activation, loss=loss, l2=l2)
     work = {n: np.array(v, dtype=np.float64) for n, v in params.items()}
     _, grads = loss_and_grads(work, x, y, **kw)
     worst = 0.0

@@ -120,9 +120,7 @@ def _check_positive(value: float, what: str) -> float:
     return v
 
 
-def _check_hyper(
-    value: HyperParam, what: str, low: float, high: float = math.inf
-) -> HyperParam:
+def _check_hyper(value: HyperParam, what: str, low: float, high: float = math.inf) -> HyperParam:
     """Check a scalar-or-dict hyperparameter lies in ``[low, high)``."""
     items = value.items() if isinstance(value, Mapping) else [(None, value)]
     for name, v in items:
@@ -188,9 +186,7 @@ class Optimizer:
                 "decays by lr * wd * w (Keras, PyTorch AdamW); 'lh' by eta_t * wd * w."
             )
         if clipnorm is not None and global_clipnorm is not None:
-            raise ValueError(
-                "give at most one of clipnorm (per tensor) and global_clipnorm, as Keras."
-            )
+            raise ValueError("give at most one of clipnorm (per tensor) and global_clipnorm, as Keras.")
         self.lr = _check_hyper(lr, "lr", 0.0)
         self.form = form
         self.weight_decay = weight_decay
@@ -297,8 +293,9 @@ class SGD(Optimizer):
         """``w + mu v`` for the paper's Nesterov, ``w`` otherwise."""
         if not (self.nesterov and self.form == "paper"):
             return params
-        return {n: w + self.momentum * self.state[n]["v"] if n in self.state else w
-                for n, w in params.items()}
+        return {
+            n: w + self.momentum * self.state[n]["v"] if n in self.state else w for n, w in params.items()
+        }
 
     def _update(self, name: str, w: NDArray, g: NDArray, lr: float, s: dict) -> None:
         mu = self.momentum
@@ -467,7 +464,8 @@ class Adagrad(Optimizer):
         if initial_accumulator_value is None:
             initial_accumulator_value = 0.1 if self.form == "keras" else 0.0
         self.initial_accumulator_value = _check_hyper(
-            initial_accumulator_value, "initial_accumulator_value", 0.0)
+            initial_accumulator_value, "initial_accumulator_value", 0.0
+        )
         self.eps = _check_hyper(eps, "eps", 0.0)
 
     def _init_state(self, name: str, w: NDArray) -> dict[str, NDArray]:

@@ -248,7 +248,8 @@ class TorchAdagrad(_Torch):
         super().__init__(lr, **kwargs)
         self.lr_decay = float(_check_hyper(lr_decay, "lr_decay", 0.0))
         self.initial_accumulator_value = _check_hyper(
-            initial_accumulator_value, "initial_accumulator_value", 0.0)
+            initial_accumulator_value, "initial_accumulator_value", 0.0
+        )
         self.eps = _check_hyper(eps, "eps", 0.0)
 
     def _init_state(self, name: str, w: NDArray) -> dict[str, NDArray]:

@@ -79,16 +79,22 @@ def train(
         )
     for name in constraints or {}:
         if name not in params:
-            raise ValueError(
-                f"constraints names {name!r}, which is not a parameter; have {sorted(params)}."
-            )
+            raise ValueError(f"constraints names {name!r}, which is not a parameter; have {sorted(params)}.")
 
     def gradients(t: int, at: Mapping[str, NDArray]) -> tuple[float, Mapping[str, NDArray]]:
         x, y = data_batches[t % len(data_batches)]
         masks = masks_sequence(t) if callable(masks_sequence) else masks_sequence[t]
         return loss_and_grads(
-            at, x, y, variant=variant, keep_probs=keep_probs,
-            masks=masks, activation=activation, loss=loss, l2=l2)
+            at,
+            x,
+            y,
+            variant=variant,
+            keep_probs=keep_probs,
+            masks=masks,
+            activation=activation,
+            loss=loss,
+            l2=l2,
+        )
 
     return run(params, optimizer, steps, gradients, constraints=constraints, record=record)
 

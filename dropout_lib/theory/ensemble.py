@@ -90,8 +90,6 @@ _BLOCK_ENTRIES = 1 << 17
 # --------------------------------------------------------------------------- #
 
 
-
-
 def _check_chunk(chunk: int | None) -> int | None:
     if chunk is None:
         return None
@@ -160,9 +158,7 @@ class DropoutNet:
             )
         for i, (w, b) in enumerate(zip(ws, bs)):
             if w.ndim != 2:
-                raise ValueError(
-                    f"weights[{i}] must be 2-D of shape (n_in, n_out); got shape {w.shape}."
-                )
+                raise ValueError(f"weights[{i}] must be 2-D of shape (n_in, n_out); got shape {w.shape}.")
             if b.shape != (w.shape[1],):
                 raise ValueError(
                     f"biases[{i}] must have shape ({w.shape[1]},) to match weights[{i}] "
@@ -299,9 +295,7 @@ def _bits(ints: NDArray[np.int64], offset: int, width: int) -> NDArray[np.float6
     return ((ints[:, None] >> shifts) & 1).astype(np.float64)
 
 
-def _probability_tables(
-    keep_probs: Sequence[float], sizes: Sequence[int]
-) -> list[NDArray[np.float64]]:
+def _probability_tables(keep_probs: Sequence[float], sizes: Sequence[int]) -> list[NDArray[np.float64]]:
     # table[k] = p^k (1 - p)^(n - k): the probability of one mask keeping k of n.
     tables = []
     for p, n in zip(keep_probs, sizes):
@@ -491,9 +485,7 @@ def subnetwork_logits(
     return z[0] if one_mask else z
 
 
-def weight_scaled_logits(
-    net: DropoutNet, x: ArrayLike, variant: Variant = "standard"
-) -> NDArray[np.float64]:
+def weight_scaled_logits(net: DropoutNet, x: ArrayLike, variant: Variant = "standard") -> NDArray[np.float64]:
     """Logits of the test-time net: ``d_l(h) = p_l * h`` (standard) or ``h`` (inverted).
 
     The standard variant's ``p * h`` is the paper's "multiply the outgoing
@@ -691,9 +683,7 @@ def softmax_layer_ensemble(
 # --------------------------------------------------------------------------- #
 
 
-def _sample_masks(
-    net: DropoutNet, k: int, rng: np.random.Generator
-) -> NDArray[np.float64]:
+def _sample_masks(net: DropoutNet, k: int, rng: np.random.Generator) -> NDArray[np.float64]:
     cols = [
         (rng.random((k, net.weights[i].shape[0])) < net.keep_probs[i]).astype(np.float64)
         for i in net.dropped_layers
@@ -834,9 +824,7 @@ def mc_error_curve(
     size = _check_chunk(chunk)
     ts = [_check_positive_int("each sample size", t) for t in sample_sizes]
     if not ts or any(b <= a for a, b in zip(ts, ts[1:])):
-        raise ValueError(
-            f"sample_sizes must be a non-empty, strictly increasing sequence; got {list(ts)}."
-        )
+        raise ValueError(f"sample_sizes must be a non-empty, strictly increasing sequence; got {list(ts)}.")
     xs, _ = net._check_x(x)
     ref = enumerate_ensemble(net, xs, v, chunk) if exact is None else exact
     shape = (xs.shape[0], net.n_classes)

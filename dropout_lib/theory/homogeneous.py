@@ -131,8 +131,9 @@ def loss_and_grads(
     kernels' gradients are returned (a bias-free net has no bias to train or to
     count in a global norm).
     """
-    value, grads = mlp.loss_and_grads(_with_zero_biases(params), x, y, variant=variant,
-                                      keep_probs=keep_probs, masks=masks)
+    value, grads = mlp.loss_and_grads(
+        _with_zero_biases(params), x, y, variant=variant, keep_probs=keep_probs, masks=masks
+    )
     return value, {n: grads[n] for n in params}
 
 
@@ -199,8 +200,9 @@ def train(
     norms: dict[str, list[float]] = {n: [] for n in current}
     for t in range(steps):
         x, y = batches[t % len(batches)]
-        _, grads = loss_and_grads(optimizer.eval_point(current), x, y, variant=variant,
-                                  keep_probs=keep_probs, masks=masks[t])
+        _, grads = loss_and_grads(
+            optimizer.eval_point(current), x, y, variant=variant, keep_probs=keep_probs, masks=masks[t]
+        )
         for n, g in grads.items():
             norms[n].append(float(np.linalg.norm(g)))
         optimizer.step(current, grads)

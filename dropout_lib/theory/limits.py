@@ -92,8 +92,6 @@ __all__ = [
 # ------------------------------------------------------------------ helpers
 
 
-
-
 def _drop(variant: Variant, h: NDArray, p: float, mask: NDArray | None, training: bool) -> NDArray:
     """``m h`` / ``m h / p`` in training, ``p h`` / ``h`` at inference (no mask)."""
     if not training:
@@ -116,8 +114,7 @@ def _as_2d(name: str, x: ArrayLike, width: int | None = None) -> NDArray[np.floa
     if arr.ndim != 2 or (width is not None and arr.shape[1] != width):
         want = f"(batch, {width})" if width is not None else "(batch, features)"
         raise ValueError(
-            f"{name} must have shape {want}; got {arr.shape}. Reshape one example "
-            "with x[None, :]."
+            f"{name} must have shape {want}; got {arr.shape}. Reshape one example with x[None, :]."
         )
     return arr
 
@@ -252,8 +249,9 @@ def fit_standard_two_input_layer(
     (no per-entry scale, no other reparameterisation can do better).
     """
     p = check_keep_prob(keep_prob)
-    target = two_input_layer_outputs(params_inverted, h_dropped, h_clean, masks,
-                                     variant="inverted", keep_prob=p)
+    target = two_input_layer_outputs(
+        params_inverted, h_dropped, h_clean, masks, variant="inverted", keep_prob=p
+    )
     h1 = _as_2d("h_dropped", h_dropped)
     h2 = _as_2d("h_clean", h_clean)
     ones = np.ones((h1.shape[0], 1))
@@ -266,7 +264,7 @@ def fit_standard_two_input_layer(
     if share:
         fitted = {"W": solution[:n], "b": solution[n]}
     else:
-        fitted = {"W_dropped": solution[:n], "W_clean": solution[n:2 * n], "b": solution[2 * n]}
+        fitted = {"W_dropped": solution[:n], "W_clean": solution[n : 2 * n], "b": solution[2 * n]}
     residual = relative_mismatch(design @ solution, target)
     return Fit(residual=residual, params=fitted, residuals=[residual])
 
@@ -297,8 +295,9 @@ def shared_layer_outputs(
         w1 = w2 = np.asarray(params["W"], dtype=np.float64)
         b1 = b2 = np.asarray(params["b"], dtype=np.float64)
     elif set(params) == {"W_dropped", "b_dropped", "W_clean", "b_clean"}:
-        w1, b1, w2, b2 = (np.asarray(params[k], dtype=np.float64)
-                          for k in ("W_dropped", "b_dropped", "W_clean", "b_clean"))
+        w1, b1, w2, b2 = (
+            np.asarray(params[k], dtype=np.float64) for k in ("W_dropped", "b_dropped", "W_clean", "b_clean")
+        )
     else:
         raise ValueError(
             "params must be {'W', 'b'} (one layer called twice) or {'W_dropped', 'b_dropped', "
@@ -335,12 +334,12 @@ def fit_standard_shared_layer(
     achieves on this data.
     """
     p = check_keep_prob(keep_prob)
-    target = shared_layer_outputs(params_inverted, h_dropped, h_clean, masks,
-                                  variant="inverted", keep_prob=p)
+    target = shared_layer_outputs(params_inverted, h_dropped, h_clean, masks, variant="inverted", keep_prob=p)
     h1, h2 = _as_2d("h_dropped", h_dropped), _as_2d("h_clean", h_clean)
     ones = np.ones((h1.shape[0], 1))
-    first = np.vstack([np.hstack([check_mask(m, h1.shape) * h1, ones]) for m in masks]
-                      + [np.hstack([p * h1, ones])])
+    first = np.vstack(
+        [np.hstack([check_mask(m, h1.shape) * h1, ones]) for m in masks] + [np.hstack([p * h1, ones])]
+    )
     second = np.hstack([h2, ones])
     n = h1.shape[1]
     if share:
@@ -380,9 +379,7 @@ def _activate_grad(name: str, z: NDArray, h: NDArray) -> NDArray:
 
 def _check_activation(activation: str) -> str:
     if activation not in AUTOENCODER_ACTIVATIONS:
-        raise ValueError(
-            f"activation must be one of {AUTOENCODER_ACTIVATIONS}; got {activation!r}."
-        )
+        raise ValueError(f"activation must be one of {AUTOENCODER_ACTIVATIONS}; got {activation!r}.")
     return activation
 
 
@@ -419,8 +416,9 @@ def autoencoder(
     probability ``p`` (Keras's rate is ``1 - p``); ``mask`` (``(batch, n)``) is
     required in training and refused at inference.
     """
-    return _autoencoder_forward(params, x, variant=variant, keep_prob=keep_prob, mask=mask,
-                                training=training, activation=activation)[0]
+    return _autoencoder_forward(
+        params, x, variant=variant, keep_prob=keep_prob, mask=mask, training=training, activation=activation
+    )[0]
 
 
 def _autoencoder_forward(params, x, *, variant, keep_prob, mask, training, activation):
@@ -430,8 +428,9 @@ def _autoencoder_forward(params, x, *, variant, keep_prob, mask, training, activ
     if not _is_tied(params):
         kp = (p, 1.0)
         masks = [mask, None] if training else None
-        y, cache = mlp.forward(params, x, variant=variant, keep_probs=kp, masks=masks,
-                               training=training, activation=activation)
+        y, cache = mlp.forward(
+            params, x, variant=variant, keep_probs=kp, masks=masks, training=training, activation=activation
+        )
         return y, cache
     W = np.asarray(params["W"], dtype=np.float64)
     xs = _as_2d("x", x, W.shape[0])
@@ -461,10 +460,8 @@ def autoencoder_outputs(
     xs = _as_2d("x", x)
     outs = []
     if masks:  # one forward pass over the batch repeated once per mask
-        stacked = np.vstack([np.broadcast_to(np.asarray(m, dtype=np.float64), xs.shape)
-                             for m in masks])
-        outs.append(autoencoder(params, np.tile(xs, (len(masks), 1)), mask=stacked,
-                                training=True, **kw))
+        stacked = np.vstack([np.broadcast_to(np.asarray(m, dtype=np.float64), xs.shape) for m in masks])
+        outs.append(autoencoder(params, np.tile(xs, (len(masks), 1)), mask=stacked, training=True, **kw))
     if inference:
         outs.append(autoencoder(params, xs, training=False, **kw))
     return np.vstack(outs)
@@ -495,10 +492,19 @@ def autoencoder_loss_and_grads(
     if not _is_tied(params):
         if return_terms:
             raise ValueError("return_terms=True applies to the tied autoencoder only.")
-        return mlp.loss_and_grads(params, x, x, variant=variant, keep_probs=(keep_prob, 1.0),
-                                  masks=[mask, None], activation=activation, loss="mse")
-    y, c = _autoencoder_forward(params, x, variant=variant, keep_prob=keep_prob, mask=mask,
-                                training=True, activation=activation)
+        return mlp.loss_and_grads(
+            params,
+            x,
+            x,
+            variant=variant,
+            keep_probs=(keep_prob, 1.0),
+            masks=[mask, None],
+            activation=activation,
+            loss="mse",
+        )
+    y, c = _autoencoder_forward(
+        params, x, variant=variant, keep_prob=keep_prob, mask=mask, training=True, activation=activation
+    )
     xs = np.asarray(x, dtype=np.float64)
     r = y - xs
     loss = float(np.mean(r * r))
@@ -538,8 +544,7 @@ def tied_per_parameter(value: float, keep_prob: float, power: float) -> dict[str
 def _tied_map(params: Mapping[str, NDArray], keep_prob: float, power: int) -> Params:
     if not _is_tied(params):
         raise ValueError("the sqrt(p) map is for the tied autoencoder {'W', 'b1', 'b2'}.")
-    return {n: np.asarray(params[n], dtype=np.float64) * s**power
-            for n, s in tied_scales(keep_prob).items()}
+    return {n: np.asarray(params[n], dtype=np.float64) * s**power for n, s in tied_scales(keep_prob).items()}
 
 
 def tied_to_standard(params_inverted: Mapping[str, NDArray], keep_prob: float) -> Params:
@@ -584,8 +589,13 @@ def train_autoencoder(
 
     def gradients(t: int, at: Mapping[str, NDArray]) -> tuple[float, Params]:
         return autoencoder_loss_and_grads(
-            at, batches[t % len(batches)], variant=variant,
-            keep_prob=keep_prob, mask=masks[t], activation=activation)
+            at,
+            batches[t % len(batches)],
+            variant=variant,
+            keep_prob=keep_prob,
+            mask=masks[t],
+            activation=activation,
+        )
 
     return run(params, optimizer, steps, gradients)
 
@@ -598,7 +608,7 @@ def _unflatten(vector: NDArray, shapes: Mapping[str, tuple[int, ...]]) -> Params
     out, i = {}, 0
     for name, shape in shapes.items():
         size = int(np.prod(shape))
-        out[name] = vector[i:i + size].reshape(shape)
+        out[name] = vector[i : i + size].reshape(shape)
         i += size
     return out
 
@@ -632,8 +642,9 @@ def fit_standard_autoencoder(
         raise ValueError("params_inverted must be a tied autoencoder {'W', 'b1', 'b2'}.")
     if len(starts) == 0:
         raise ValueError("starts is empty; give at least one starting parameter dict.")
-    target = autoencoder_outputs(params_inverted, x, masks, variant="inverted", keep_prob=p,
-                                 activation=activation, inference=inference)
+    target = autoencoder_outputs(
+        params_inverted, x, masks, variant="inverted", keep_prob=p, activation=activation, inference=inference
+    )
     norm = float(np.linalg.norm(target))
     best: Fit | None = None
     residuals = []
@@ -643,12 +654,18 @@ def fit_standard_autoencoder(
         shapes = {n: np.shape(start[n]) for n in names}
 
         def residual(v: NDArray, shapes=shapes) -> NDArray:
-            y = autoencoder_outputs(_unflatten(v, shapes), x, masks, variant="standard",
-                                    keep_prob=p, activation=activation, inference=inference)
+            y = autoencoder_outputs(
+                _unflatten(v, shapes),
+                x,
+                masks,
+                variant="standard",
+                keep_prob=p,
+                activation=activation,
+                inference=inference,
+            )
             return ((y - target) / norm).ravel()
 
-        sol = least_squares(residual, _flatten(start, names), method="lm",
-                            xtol=1e-15, ftol=1e-15, gtol=1e-15)
+        sol = least_squares(residual, _flatten(start, names), method="lm", xtol=1e-15, ftol=1e-15, gtol=1e-15)
         fitted = {n: v.copy() for n, v in _unflatten(sol.x, shapes).items()}
         r = float(np.linalg.norm(residual(sol.x)))
         residuals.append(r)
@@ -701,13 +718,18 @@ def switch_keep_probs(
             f"switch_keep_probs supports SGD and Adam; got {kind.__name__}. Other optimizers "
             "keep state in other units (see dropout_lib.mapping)."
         )
-    if (optimizer.weight_decay is not None or optimizer.clipnorm is not None
-            or optimizer.global_clipnorm is not None):
+    if (
+        optimizer.weight_decay is not None
+        or optimizer.clipnorm is not None
+        or optimizer.global_clipnorm is not None
+    ):
         raise ValueError(
             "switch_keep_probs does not re-map weight decay or clipping thresholds; "
             "use an optimizer without weight_decay, clipnorm and global_clipnorm."
         )
-    if not isinstance(optimizer.lr, Mapping) or (kind in _EPS_POWER and not isinstance(optimizer.eps, Mapping)):
+    if not isinstance(optimizer.lr, Mapping) or (
+        kind in _EPS_POWER and not isinstance(optimizer.eps, Mapping)
+    ):
         raise ValueError(
             "the optimizer's lr (and Adam's eps) must be per-parameter dicts, as for a "
             "mapped standard net: build them with dropout_lib.exact.mlp.per_parameter."
@@ -773,8 +795,7 @@ class WeightedGlobalClip(Clipped):
     def clip(self, grads: Mapping[str, NDArray]) -> tuple[Params, dict[str, bool]]:
         """Scale every gradient by ``min(1, c / N_w)``, ``N_w`` the weighted global norm."""
         c = float(self.threshold)  # type: ignore[arg-type]
-        total = math.sqrt(sum(float(np.sum((g / self.weights.get(n, 1.0)) ** 2))
-                              for n, g in grads.items()))
+        total = math.sqrt(sum(float(np.sum((g / self.weights.get(n, 1.0)) ** 2)) for n, g in grads.items()))
         scale = min(1.0, c / total) if total > 0.0 else 1.0
         return {n: g * scale for n, g in grads.items()}, {n: total > c for n in grads}
 
@@ -830,8 +851,9 @@ def gradient_norm_split(
     per_name: dict[str, list[float]] = {n: [] for n in history[0]}
     for t in range(len(history) - 1):
         x, y = data_batches[t % len(data_batches)]
-        _, g = mlp.loss_and_grads(history[t], x, y, variant="inverted", keep_probs=keep_probs,
-                                  masks=masks_sequence[t], **kw)
+        _, g = mlp.loss_and_grads(
+            history[t], x, y, variant="inverted", keep_probs=keep_probs, masks=masks_sequence[t], **kw
+        )
         for n, v in g.items():
             per_name[n].append(float(np.linalg.norm(v)))
     norms = {n: np.array(v) for n, v in per_name.items()}

@@ -65,8 +65,6 @@ class Moments(NamedTuple):
     variance: NDArray
 
 
-
-
 def _keep_prob(keep_prob: float | Fraction) -> float | Fraction:
     """Check ``keep_prob`` in (0, 1]; a Fraction stays a Fraction (exact arithmetic)."""
     if isinstance(keep_prob, Fraction):
@@ -128,7 +126,9 @@ def two_point_moments(kept: ArrayLike, dropped: ArrayLike, keep_prob: float | Fr
     return Moments(np.asarray(mean)[()], np.asarray(var)[()])
 
 
-def output_mean(variant: Variant, x: ArrayLike, keep_prob: float, *, exact: bool = False) -> NDArray[np.float64]:
+def output_mean(
+    variant: Variant, x: ArrayLike, keep_prob: float, *, exact: bool = False
+) -> NDArray[np.float64]:
     """Closed-form mean of the training output: ``p x`` (standard) or ``x`` (inverted).
 
     Parameters
@@ -152,7 +152,9 @@ def output_mean(variant: Variant, x: ArrayLike, keep_prob: float, *, exact: bool
     return p * x if variant == "standard" else x.copy()
 
 
-def output_variance(variant: Variant, x: ArrayLike, keep_prob: float, *, exact: bool = False) -> NDArray[np.float64]:
+def output_variance(
+    variant: Variant, x: ArrayLike, keep_prob: float, *, exact: bool = False
+) -> NDArray[np.float64]:
     """Closed-form variance of the training output.
 
     ``p (1 - p) x**2`` (standard: ``m x``) or ``(1 - p) x**2 / p`` (inverted:

@@ -81,10 +81,7 @@ def _samples(samples: ArrayLike, axis: int, minimum: int) -> tuple[NDArray[np.fl
         ) from None
     n = arr.shape[0]
     if n < minimum:
-        raise ValueError(
-            f"need at least {minimum} draws along axis {axis}; got {n}. "
-            "Draw more samples."
-        )
+        raise ValueError(f"need at least {minimum} draws along axis {axis}; got {n}. Draw more samples.")
     if not np.all(np.isfinite(arr)):
         raise ValueError(
             "samples hold a non-finite value (nan or inf); a mean or variance of "
@@ -285,6 +282,10 @@ def family_false_alarm_bound(threshold: float, n_comparisons: int) -> float:
 
     whatever the dependence between the comparisons.
     """
-    if isinstance(n_comparisons, bool) or not isinstance(n_comparisons, (int, np.integer)) or n_comparisons < 1:
+    if (
+        isinstance(n_comparisons, bool)
+        or not isinstance(n_comparisons, (int, np.integer))
+        or n_comparisons < 1
+    ):
         raise ValueError(f"n_comparisons must be a positive integer; got {n_comparisons!r}.")
     return min(1.0, int(n_comparisons) * normal_two_sided_tail(threshold))

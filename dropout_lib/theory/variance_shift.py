@@ -76,8 +76,6 @@ __all__ = [
 # --------------------------------------------------------------------------- #
 
 
-
-
 def _as_float(name: str, value: ArrayLike) -> NDArray[np.float64]:
     arr = np.asarray(value, dtype=np.float64)
     if not np.all(np.isfinite(arr)):
@@ -161,9 +159,7 @@ def dropout_moments(
     return m_std / p, v_std / p**2
 
 
-def variance_shift_ratio(
-    keep_prob: float, mean: ArrayLike, var: ArrayLike
-) -> NDArray[np.float64]:
+def variance_shift_ratio(keep_prob: float, mean: ArrayLike, var: ArrayLike) -> NDArray[np.float64]:
     """Test-time over training-time variance of ``d(x)``; the same for both variants.
 
     .. math:: r = \\frac{p\\,s^2}{s^2 + (1-p)\\,\\mu^2} \\in [0, 1]
@@ -207,8 +203,7 @@ def _check_linear(
     n = mu.shape[0]
     if c.shape != (n, n):
         raise ValueError(
-            f"cov must be the ({n}, {n}) covariance matrix of the layer's inputs; "
-            f"got shape {c.shape}."
+            f"cov must be the ({n}, {n}) covariance matrix of the layer's inputs; got shape {c.shape}."
         )
     if not np.allclose(c, c.T, rtol=1e-12, atol=1e-12 * max(1.0, np.abs(c).max())):
         raise ValueError("cov must be symmetric; got a matrix with cov != cov.T.")
@@ -360,8 +355,7 @@ def mc_variance_shift_ratio(
     arr = _as_float("x", x)
     if arr.ndim not in (1, 2) or arr.shape[0] < 8:
         raise ValueError(
-            f"x must hold at least 8 draws along axis 0 (shape (n,) or (n, units)); "
-            f"got shape {arr.shape}."
+            f"x must hold at least 8 draws along axis 0 (shape (n,) or (n, units)); got shape {arr.shape}."
         )
     half = arr.shape[0] // 2
     gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
@@ -421,8 +415,7 @@ def moving_variance_law(
     m = float(momentum)
     if not 0.0 <= m < 1.0:
         raise ValueError(
-            f"momentum must be in [0, 1) (Keras's BatchNormalization default is 0.99); "
-            f"got {momentum!r}."
+            f"momentum must be in [0, 1) (Keras's BatchNormalization default is 0.99); got {momentum!r}."
         )
     b = int(batch_size)
     mean_b = (b - 1) / b * v
@@ -497,7 +490,9 @@ def batchnorm(
     v = _check_var("var", var)
     if np.any(v + eps == 0):
         raise ValueError("var + epsilon is 0 for some unit: BatchNorm would divide by 0.")
-    return np.asarray(gamma) * (_as_float("y", y) - _as_float("mean", mean)) / np.sqrt(v + eps) + np.asarray(beta)
+    return np.asarray(gamma) * (_as_float("y", y) - _as_float("mean", mean)) / np.sqrt(v + eps) + np.asarray(
+        beta
+    )
 
 
 def equivalent_epsilon(keep_prob: float, epsilon: float) -> float:
@@ -602,8 +597,7 @@ def run_training_calls(
     """
     if len(dropouts) != len(norms) or not dropouts:
         raise ValueError(
-            f"need one norm layer per dropout layer; got {len(dropouts)} dropouts "
-            f"and {len(norms)} norms."
+            f"need one norm layer per dropout layer; got {len(dropouts)} dropouts and {len(norms)} norms."
         )
     arr = _as_float("x", x)
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
