@@ -378,7 +378,8 @@ class _Walk:
                 raise NotConvertibleError(
                     f"layer {layer.name!r} is called on a dropped input and on an "
                     "undropped one: its kernel is shared, and no single rescaling "
-                    "serves both calls (no reparameterisation exists)."
+                    "serves both calls (no consumer-side map exists; untie the layer, "
+                    "or rescale the dropped tensor's producer by hand, chapter 7)."
                 )
             if not all(_close(c, factors[0]) for c in factors):
                 raise NotConvertibleError(
