@@ -537,12 +537,12 @@ def convert_model(
 
     Refused with the reason:
 
-    >>> noisy = keras.Sequential([keras.Input((4,)), keras.layers.GaussianDropout(0.5),
+    >>> noisy = keras.Sequential([keras.Input((4,)), keras.layers.GaussianDropout(0.5, name="noise"),
     ...                           keras.layers.Dense(2)])
     >>> dl.convert_model(noisy, to="standard")
     Traceback (most recent call last):
     ...
-    dropout_lib.validation.NotConvertibleError: layer 'gaussian_dropout' (GaussianDropout) is not
+    dropout_lib.validation.NotConvertibleError: layer 'noise' (GaussianDropout) is not
     Bernoulli dropout ...
     """
     direction = direction_to(to)
