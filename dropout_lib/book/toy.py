@@ -122,6 +122,21 @@ class Toy:
             params, x, y, variant=variant, keep_probs=self.keep_probs, masks=self.masks[t], loss=self.loss
         )
 
+    def _shared(self, steps: int | None) -> dict[str, Any]:
+        """The arguments every comparison of this problem shares, as keywords.
+
+        The inverted start ``params_inv``, the shared batches and masks, the keep
+        probabilities, ``steps`` (default ``n_steps``) and the loss.
+        """
+        return dict(
+            params_inverted=self.params_inv,
+            data_batches=self.batches,
+            masks_sequence=self.masks,
+            keep_probs=self.keep_probs,
+            steps=self.n_steps if steps is None else steps,
+            loss=self.loss,
+        )
+
     def compare(
         self, optimizer_inverted, optimizer_standard, *, steps: int | None = None, **kw: Any
     ) -> compare.Comparison:
@@ -133,12 +148,7 @@ class Toy:
         ``params_standard``, ...).
         """
         return compare.compare_training(
-            self.params_inv,
-            self.batches,
-            self.masks,
-            keep_probs=self.keep_probs,
-            steps=self.n_steps if steps is None else steps,
-            loss=self.loss,
+            **self._shared(steps),
             optimizer_inverted=optimizer_inverted,
             optimizer_standard=optimizer_standard,
             **kw,
@@ -160,12 +170,7 @@ class Toy:
         from dropout_lib.exact import adaptive
 
         return adaptive.compare_runs(
-            self.params_inv,
-            self.batches,
-            self.masks,
-            keep_probs=self.keep_probs,
-            steps=self.n_steps if steps is None else steps,
-            loss=self.loss,
+            **self._shared(steps),
             optimizer_inverted=optimizer_inverted,
             optimizers_standard=optimizers_standard,
             **kw,
@@ -227,17 +232,7 @@ class Toy:
         :func:`dropout_lib.exact.compare.trajectory_gaps`, entry 0 the start.
         """
         steps = self.n_steps if steps is None else steps
-        std = train(
-            self.params_std if start is None else start,
-            self.batches,
-            self.masks,
-            variant="standard",
-            keep_probs=self.keep_probs,
-            steps=steps,
-            optimizer=optimizer_standard,
-            loss=self.loss,
-            **train_kw,
-        )
+        std = self.train("standard", optimizer_standard, start=start, steps=steps, **train_kw)
         return compare.trajectory_gaps(
             reference.inverted.history[: steps + 1], std.history, reference.to_inverted
         )[0]

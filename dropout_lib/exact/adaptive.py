@@ -43,6 +43,7 @@ other parameter (biases, weights with ``p_k = 1``) keeps every value.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Literal
 
 import numpy as np
@@ -51,7 +52,6 @@ from numpy.typing import NDArray
 from dropout_lib.exact import compare, mlp
 from dropout_lib.exact import optimizers as _optimizers
 from dropout_lib.exact.optimizers import FORMS, Adagrad, Adam, Form, Optimizer, RMSprop
-from dropout_lib.exact.training import train
 
 Placement = Literal["outside", "inside"]
 ADAPTIVE: tuple[type[Optimizer], ...] = (Adam, RMSprop, Adagrad)
@@ -283,31 +283,15 @@ def compare_runs(
             "every run needs its own fresh optimizer (no shared objects, no steps taken); "
             "build a new one for each key."
         )
-    common = dict(keep_probs=keep_probs, steps=steps, record=True, **train_kw)
-    inverted = train(
+    return compare.paired_runs(
         params_inverted,
         data_batches,
         masks_sequence,
-        variant="inverted",
-        optimizer=optimizer_inverted,
-        **common,
+        keep_probs=keep_probs,
+        steps=steps,
+        optimizer_inverted=optimizer_inverted,
+        optimizers_standard=optimizers_standard,
+        params_standard=mlp.to_standard_params(params_inverted, keep_probs),
+        to_inverted=partial(mlp.to_inverted_params, keep_probs=keep_probs),
+        **train_kw,
     )
-    start = mlp.to_standard_params(params_inverted, keep_probs)
-
-    def to_inverted(p: Mapping[str, NDArray]) -> dict[str, NDArray]:
-        return mlp.to_inverted_params(p, keep_probs)
-
-    out: dict[str, compare.Comparison] = {}
-    for key, opt in optimizers_standard.items():
-        standard = train(start, data_batches, masks_sequence, variant="standard", optimizer=opt, **common)
-        gaps, per_name = compare.trajectory_gaps(inverted.history, standard.history, to_inverted)
-        out[key] = compare.Comparison(
-            inverted=inverted,
-            standard=standard,
-            gaps=gaps,
-            parameter_gaps=per_name,
-            to_inverted=to_inverted,
-            optimizer_inverted=optimizer_inverted,
-            optimizer_standard=opt,
-        )
-    return out

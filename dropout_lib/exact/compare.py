@@ -40,7 +40,7 @@ from dropout_lib.exact.training import TrainResult, train
 ParamMap = Callable[[Mapping[str, NDArray]], Params]
 OptimizerLike = Optimizer | Callable[[], Optimizer]
 
-__all__ = ["Comparison", "Factor", "compare_training", "fitted_factors", "trajectory_gaps"]
+__all__ = ["Comparison", "Factor", "compare_training", "fitted_factors", "paired_runs", "trajectory_gaps"]
 
 
 # --------------------------------------------------------------- factors
@@ -170,6 +170,34 @@ class Comparison:
     to_inverted: ParamMap
     optimizer_inverted: Optimizer
     optimizer_standard: Optimizer
+
+    @classmethod
+    def from_runs(
+        cls,
+        inverted: TrainResult,
+        standard: TrainResult,
+        to_inverted: ParamMap,
+        optimizer_inverted: Optimizer,
+        optimizer_standard: Optimizer,
+    ) -> Comparison:
+        """The comparison of two recorded runs: the one way every ``Comparison`` is built.
+
+        ``gaps, parameter_gaps = trajectory_gaps(inverted.history,
+        standard.history, to_inverted)``, i.e. ``gaps[t] = max_name
+        ||psi(phi_t)[name] - theta_t[name]|| / ||theta_t[name]||`` with
+        ``psi = to_inverted`` (see :func:`trajectory_gaps`); the other
+        attributes are the arguments, kept as given.
+        """
+        gaps, per_name = trajectory_gaps(inverted.history, standard.history, to_inverted)
+        return cls(
+            inverted=inverted,
+            standard=standard,
+            gaps=gaps,
+            parameter_gaps=per_name,
+            to_inverted=to_inverted,
+            optimizer_inverted=optimizer_inverted,
+            optimizer_standard=optimizer_standard,
+        )
 
     @property
     def worst(self) -> float:
@@ -322,30 +350,67 @@ def compare_training(
     if to_inverted is None:
         to_inverted = partial(mlp.to_inverted_params, keep_probs=keep_probs)
     start_std = to_standard(params_inverted) if params_standard is None else params_standard
+    return paired_runs(
+        params_inverted,
+        data_batches,
+        masks_sequence,
+        keep_probs=keep_probs,
+        steps=steps,
+        optimizer_inverted=opt_inv,
+        optimizers_standard={None: opt_std},
+        params_standard=start_std,
+        to_inverted=to_inverted,
+        inverted_kw=inverted_kw,
+        standard_kw=standard_kw,
+        **train_kw,
+    )[None]
+
+
+def paired_runs(
+    params_inverted: Mapping[str, NDArray],
+    data_batches: Sequence[tuple[NDArray, NDArray]],
+    masks_sequence: Sequence[Masks] | Callable[[int], Masks],
+    *,
+    keep_probs: Sequence[float],
+    steps: int,
+    optimizer_inverted: Optimizer,
+    optimizers_standard: Mapping[Any, Optimizer],
+    params_standard: Mapping[str, NDArray],
+    to_inverted: ParamMap,
+    inverted_kw: Mapping[str, Any] | None = None,
+    standard_kw: Mapping[str, Any] | None = None,
+    **train_kw: Any,
+) -> dict[Any, Comparison]:
+    """One inverted run against one standard run per optimizer: ``{key: Comparison}``.
+
+    The loop behind :func:`compare_training` and
+    :func:`dropout_lib.exact.adaptive.compare_runs`, which check their
+    arguments first. The inverted net is trained once from ``params_inverted``
+    with ``optimizer_inverted``; for each ``key`` the standard net is trained
+    from ``params_standard`` with ``optimizers_standard[key]``. Every run is
+    :func:`dropout_lib.exact.training.train` with ``keep_probs``, ``steps``,
+    ``record=True``, the same batches and masks and ``train_kw``, updated by
+    ``inverted_kw`` or ``standard_kw`` for its side; each pair is compared by
+    :meth:`Comparison.from_runs` with ``to_inverted``.
+    """
     common = dict(keep_probs=keep_probs, steps=steps, record=True, **train_kw)
     inverted = train(
         params_inverted,
         data_batches,
         masks_sequence,
         variant="inverted",
-        optimizer=opt_inv,
+        optimizer=optimizer_inverted,
         **{**common, **(inverted_kw or {})},
     )
-    standard = train(
-        start_std,
-        data_batches,
-        masks_sequence,
-        variant="standard",
-        optimizer=opt_std,
-        **{**common, **(standard_kw or {})},
-    )
-    gaps, per_name = trajectory_gaps(inverted.history, standard.history, to_inverted)
-    return Comparison(
-        inverted=inverted,
-        standard=standard,
-        gaps=gaps,
-        parameter_gaps=per_name,
-        to_inverted=to_inverted,
-        optimizer_inverted=opt_inv,
-        optimizer_standard=opt_std,
-    )
+    out: dict[Any, Comparison] = {}
+    for key, opt in optimizers_standard.items():
+        standard = train(
+            params_standard,
+            data_batches,
+            masks_sequence,
+            variant="standard",
+            optimizer=opt,
+            **{**common, **(standard_kw or {})},
+        )
+        out[key] = Comparison.from_runs(inverted, standard, to_inverted, optimizer_inverted, opt)
+    return out

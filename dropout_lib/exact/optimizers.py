@@ -431,7 +431,27 @@ class RMSprop(Optimizer):
             w -= inc
 
 
-class Adagrad(Optimizer):
+class _Accumulator:
+    """Adagrad's accumulator ``G``, for Keras's :class:`Adagrad` and PyTorch's (a mixin).
+
+    ``initial_accumulator_value`` (``G_0 >= 0``) and ``eps`` (``>= 0``) are each a
+    float or ``{name: float}``; each parameter's state starts at
+    ``{'G': G_0[name]}`` in the parameter's shape (``G_0`` maps by ``p^2``: ``G``
+    sums squared gradients). The subclass's ``_update`` adds ``g^2`` and steps.
+    """
+
+    def _set_accumulator(self, initial_accumulator_value: HyperParam, eps: HyperParam) -> None:
+        self.initial_accumulator_value = _check_hyper(
+            initial_accumulator_value, "initial_accumulator_value", 0.0
+        )
+        self.eps = _check_hyper(eps, "eps", 0.0)
+
+    def _init_state(self, name: str, w: NDArray) -> dict[str, NDArray]:
+        g0 = _lookup(self.initial_accumulator_value, name, "initial_accumulator_value")
+        return {"G": np.full_like(w, g0)}
+
+
+class Adagrad(_Accumulator, Optimizer):
     """Adagrad (Duchi, Hazan & Singer, 2011), diagonal version.
 
     ``G += g^2`` from ``G_0 = initial_accumulator_value``, then
@@ -463,14 +483,7 @@ class Adagrad(Optimizer):
         super().__init__(lr, **kwargs)
         if initial_accumulator_value is None:
             initial_accumulator_value = 0.1 if self.form == "keras" else 0.0
-        self.initial_accumulator_value = _check_hyper(
-            initial_accumulator_value, "initial_accumulator_value", 0.0
-        )
-        self.eps = _check_hyper(eps, "eps", 0.0)
-
-    def _init_state(self, name: str, w: NDArray) -> dict[str, NDArray]:
-        g0 = _lookup(self.initial_accumulator_value, name, "initial_accumulator_value")
-        return {"G": np.full_like(w, g0)}
+        self._set_accumulator(initial_accumulator_value, eps)
 
     def _update(self, name: str, w: NDArray, g: NDArray, lr: float, s: dict) -> None:
         eps = _lookup(self.eps, name, "eps")

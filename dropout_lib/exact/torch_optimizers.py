@@ -43,7 +43,7 @@ from collections.abc import Mapping
 import numpy as np
 from numpy.typing import NDArray
 
-from dropout_lib.exact.optimizers import HyperParam, Optimizer, _check_hyper, _lookup
+from dropout_lib.exact.optimizers import HyperParam, Optimizer, _Accumulator, _check_hyper, _lookup
 
 __all__ = ["TorchSGD", "TorchAdam", "TorchAdamW", "TorchRMSprop", "TorchAdagrad"]
 
@@ -225,7 +225,7 @@ class TorchRMSprop(_Torch):
             w -= lr * u
 
 
-class TorchAdagrad(_Torch):
+class TorchAdagrad(_Accumulator, _Torch):
     """``torch.optim.Adagrad(lr=1e-2, lr_decay=0, weight_decay=0, initial_accumulator_value=0, eps=1e-10)``.
 
     ``G = G_0 + sum g^2``; step ``t`` (from 1) uses ``clr = lr / (1 + (t - 1) lr_decay)``
@@ -247,14 +247,7 @@ class TorchAdagrad(_Torch):
     ) -> None:
         super().__init__(lr, **kwargs)
         self.lr_decay = float(_check_hyper(lr_decay, "lr_decay", 0.0))
-        self.initial_accumulator_value = _check_hyper(
-            initial_accumulator_value, "initial_accumulator_value", 0.0
-        )
-        self.eps = _check_hyper(eps, "eps", 0.0)
-
-    def _init_state(self, name: str, w: NDArray) -> dict[str, NDArray]:
-        g0 = _lookup(self.initial_accumulator_value, name, "initial_accumulator_value")
-        return {"G": np.full_like(w, g0)}
+        self._set_accumulator(initial_accumulator_value, eps)
 
     def _update(self, name: str, w: NDArray, g: NDArray, lr: float, s: dict) -> None:
         g = self._prepare(name, w, g, lr)

@@ -203,17 +203,27 @@ class DropoutNet:
         return int(sum(self.dropped_sizes))
 
     def _check_x(self, x: ArrayLike) -> tuple[NDArray[np.float64], bool]:
-        arr = np.asarray(x, dtype=np.float64)
-        single = arr.ndim == 1
-        arr2 = arr[None, :] if single else arr
-        if arr2.ndim != 2 or arr2.shape[1] != self.n_inputs:
-            raise ValueError(
-                f"x must have shape ({self.n_inputs},) or (batch, {self.n_inputs}) "
-                f"for this net; got {arr.shape}."
-            )
+        arr2, single = _rows(
+            x, self.n_inputs, f"x must have shape ({self.n_inputs},) or (batch, {self.n_inputs}) for this net"
+        )
         if not np.all(np.isfinite(arr2)):
             raise ValueError("x must be finite.")
         return arr2, single
+
+
+def _rows(a: ArrayLike, width: int, expected: str) -> tuple[NDArray[np.float64], bool]:
+    """``a`` as float64 rows of ``width`` entries, and whether it was one row.
+
+    A 1-D ``a`` becomes the single row ``a[None, :]`` (``True``); a 2-D ``a`` is
+    kept (``False``). Any other shape raises ``ValueError(f"{expected}; got
+    {shape}.")`` with ``a``'s own shape.
+    """
+    arr = np.asarray(a, dtype=np.float64)
+    single = arr.ndim == 1
+    rows = arr[None, :] if single else arr
+    if rows.ndim != 2 or rows.shape[1] != width:
+        raise ValueError(f"{expected}; got {arr.shape}.")
+    return rows, single
 
 
 @dataclass(frozen=True, eq=False)
@@ -469,14 +479,12 @@ def subnetwork_logits(
     """
     v = check_variant(variant)
     xs, single = net._check_x(x)
-    m = np.asarray(masks, dtype=np.float64)
-    one_mask = m.ndim == 1
-    m = m[None, :] if one_mask else m
-    if m.ndim != 2 or m.shape[1] != net.n_dropped:
-        raise ValueError(
-            f"masks must have shape (k, {net.n_dropped}): one column per dropped unit "
-            f"(layers {net.dropped_layers}); got {np.shape(masks)}."
-        )
+    m, one_mask = _rows(
+        masks,
+        net.n_dropped,
+        f"masks must have shape (k, {net.n_dropped}): one column per dropped unit "
+        f"(layers {net.dropped_layers})",
+    )
     if not np.all((m == 0.0) | (m == 1.0)):
         raise ValueError("masks must be binary (0 = dropped, 1 = kept).")
     z = _logits_block(net, xs, m, v)

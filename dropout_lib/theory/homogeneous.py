@@ -37,6 +37,7 @@ from numpy.typing import NDArray
 from dropout_lib.exact import mlp
 from dropout_lib.exact.compare import trajectory_gaps
 from dropout_lib.exact.optimizers import Optimizer
+from dropout_lib.exact.training import run
 from dropout_lib.reference import Variant, check_keep_prob
 
 Params = dict[str, NDArray[np.float64]]
@@ -189,25 +190,26 @@ def train(
     Step ``t`` uses ``batches[t % len(batches)]`` and ``masks[t]`` (one entry
     per layer input, ``None`` where the keep probability is 1; see
     :func:`dropout_lib.exact.mlp.sample_masks`). ``params`` is not modified.
+    The loop is :func:`dropout_lib.exact.training.run` (gradient at
+    ``optimizer.eval_point``, then ``optimizer.step``); this adds the norm
+    ``||g_name||`` of every gradient it takes, before any clipping.
     """
     if steps < 0 or len(masks) < steps or not batches:
         raise ValueError(
             f"need steps >= 0, at least one batch and one mask entry per step; got "
             f"steps={steps}, {len(batches)} batches, {len(masks)} masks."
         )
-    current = {n: np.array(v, dtype=np.float64) for n, v in params.items()}
-    history = [{n: v.copy() for n, v in current.items()}]
-    norms: dict[str, list[float]] = {n: [] for n in current}
-    for t in range(steps):
+    norms: dict[str, list[float]] = {n: [] for n in params}
+
+    def gradients(t: int, at: Mapping[str, NDArray]) -> tuple[float, Params]:
         x, y = batches[t % len(batches)]
-        _, grads = loss_and_grads(
-            optimizer.eval_point(current), x, y, variant=variant, keep_probs=keep_probs, masks=masks[t]
-        )
+        value, grads = loss_and_grads(at, x, y, variant=variant, keep_probs=keep_probs, masks=masks[t])
         for n, g in grads.items():
             norms[n].append(float(np.linalg.norm(g)))
-        optimizer.step(current, grads)
-        history.append({n: v.copy() for n, v in current.items()})
-    return HomogeneousRun(history=history, tensor_norms={n: np.array(v) for n, v in norms.items()})
+        return value, grads
+
+    result = run(params, optimizer, steps, gradients)
+    return HomogeneousRun(history=result.history, tensor_norms={n: np.array(v) for n, v in norms.items()})
 
 
 def compare_runs(

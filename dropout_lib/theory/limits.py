@@ -119,6 +119,15 @@ def _as_2d(name: str, x: ArrayLike, width: int | None = None) -> NDArray[np.floa
     return arr
 
 
+def _standard_dropped(h: NDArray, masks: Sequence[ArrayLike], p: float) -> list[NDArray]:
+    """The standard net's dropped input, the rows a least-squares search is linear in.
+
+    ``[m h for m in masks] + [p h]``: the training input for every mask, then
+    the inference input (standard dropout, keep probability ``p``).
+    """
+    return [check_mask(m, h.shape) * h for m in masks] + [p * h]
+
+
 def relative_mismatch(outputs: NDArray, reference: NDArray) -> float:
     """Return ``||outputs - reference|| / ||reference||`` (Frobenius norms).
 
@@ -256,7 +265,7 @@ def fit_standard_two_input_layer(
     h2 = _as_2d("h_clean", h_clean)
     ones = np.ones((h1.shape[0], 1))
     blocks = []
-    for d1 in [check_mask(m, h1.shape) * h1 for m in masks] + [p * h1]:
+    for d1 in _standard_dropped(h1, masks, p):
         blocks.append(np.hstack([d1 + h2, ones]) if share else np.hstack([d1, h2, ones]))
     design = np.vstack(blocks)
     solution = np.linalg.lstsq(design, target, rcond=None)[0]
@@ -337,9 +346,7 @@ def fit_standard_shared_layer(
     target = shared_layer_outputs(params_inverted, h_dropped, h_clean, masks, variant="inverted", keep_prob=p)
     h1, h2 = _as_2d("h_dropped", h_dropped), _as_2d("h_clean", h_clean)
     ones = np.ones((h1.shape[0], 1))
-    first = np.vstack(
-        [np.hstack([check_mask(m, h1.shape) * h1, ones]) for m in masks] + [np.hstack([p * h1, ones])]
-    )
+    first = np.vstack([np.hstack([d1, ones]) for d1 in _standard_dropped(h1, masks, p)])
     second = np.hstack([h2, ones])
     n = h1.shape[1]
     if share:
