@@ -21,11 +21,10 @@ stored, so a chapter must be executed (``make refresh``) before it is read.
 from __future__ import annotations
 
 import ast
+import json
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
-
-import nbformat
 
 __all__ = ["Glued", "read_glued", "read_chapters"]
 
@@ -109,8 +108,12 @@ def read_glued(path: str | Path) -> Glued:
         raise ValueError(f"expected an executed .ipynb notebook; got {str(path)!r}.")
     if not path.is_file():
         raise FileNotFoundError(f"no notebook at {str(path)!r}: check the name and the folder.")
-    nb = nbformat.read(path, as_version=4)
-    code = [c for c in nb.cells if c.cell_type == "code"]
+    # Plain JSON, not nbformat: importing nbformat costs about 3 s (its jsonschema
+    # builds rfc3987-syntax's parsers), in the kernel of the chapter that reads.
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    if nb.get("nbformat") != 4:
+        raise ValueError(f"{path.name} is not an nbformat 4 notebook; open and save it in Jupyter first.")
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
     if code and not any(c.get("outputs") for c in code):
         raise ValueError(
             f"{path.name} has no outputs: it is stored unexecuted. Execute it first "
@@ -124,7 +127,8 @@ def read_glued(path: str | Path) -> Glued:
                 continue
             key = meta.get("mime_prefix", "") + TEXT
             if key in output.get("data", {}):
-                values[meta["name"]] = _value(output["data"][key])
+                text = output["data"][key]  # on disk, multi-line text may be a list of lines
+                values[meta["name"]] = _value(text if isinstance(text, str) else "".join(text))
     return Glued(path.stem, values)
 
 

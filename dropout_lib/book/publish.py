@@ -49,10 +49,25 @@ __all__ = [
 ]
 
 
-def _glue(name: str, value: Any) -> None:
-    from myst_nb import glue
+# myst-nb's glue protocol: a display_data output whose mime types carry this
+# prefix and whose metadata names the value (myst_nb.ext.glue.GLUE_PREFIX).
+GLUE_PREFIX = "application/papermill.record/"
 
-    glue(name, value, display=False)
+
+def _glue(name: str, value: Any) -> None:
+    """Exactly what ``myst_nb.glue(name, value, display=False)`` displays.
+
+    Written out, not imported: ``myst_nb.ext.glue`` imports nbformat, hence
+    jsonschema, hence rfc3987-syntax, which builds its IRI parsers on import
+    (about 3 s; python-jsonschema/jsonschema#1428), in every chapter's kernel.
+    ``tests/test_glued.py`` checks that both display the same output.
+    """
+    from IPython.core.formatters import format_display_data
+    from IPython.display import display
+
+    bundle, metadata = format_display_data(value)
+    metadata["scrapbook"] = {"name": name, "mime_prefix": GLUE_PREFIX}
+    display({GLUE_PREFIX + k: v for k, v in bundle.items()}, raw=True, metadata=metadata)
 
 
 STORING = "DROPOUT_BOOK_STORING"
