@@ -5,8 +5,9 @@ Notation: ``keep_prob`` is the paper's ``p``; Keras's ``rate`` is ``1 - p``.
 :func:`fit_trajectory` runs real ``model.fit`` (the compiled train step,
 callbacks and all) full batch for a given number of steps and returns the
 trainable weights before the first step and after every step.
-:func:`trajectory_gaps` maps one model's snapshots into the other's
-coordinates (the consuming kernels times ``s``, see
+:func:`build_optimizer` builds a compiled model's optimizer before ``fit``, so
+that the train step is traced once. :func:`trajectory_gaps` maps one model's
+snapshots into the other's coordinates (the consuming kernels times ``s``, see
 :func:`dropout_lib.mapping.kernel_scale`) and returns the relative gap at
 every step, as :func:`dropout_lib.exact.compare.trajectory_gaps` does for the numpy
 nets:
@@ -32,7 +33,7 @@ from dropout_lib.mapping import Direction, check_direction, kernel_scale
 
 Snapshot = list[NDArray]
 
-__all__ = ["WeightRecorder", "fit_trajectory", "trajectory_gaps"]
+__all__ = ["WeightRecorder", "build_optimizer", "fit_trajectory", "trajectory_gaps"]
 
 
 class WeightRecorder(keras.callbacks.Callback):
@@ -48,9 +49,8 @@ class WeightRecorder(keras.callbacks.Callback):
         self.snapshots: list[Snapshot] = []
 
     def _record(self) -> None:
-        self.snapshots.append(
-            [np.array(keras.ops.convert_to_numpy(v.value)) for v in self.model.trainable_variables]
-        )
+        # Variable.numpy(): the same values as ops.convert_to_numpy(v.value), read for less per step
+        self.snapshots.append([np.array(v.numpy()) for v in self.model.trainable_variables])
 
     def on_train_begin(self, logs: Any = None) -> None:
         self.snapshots = []
@@ -58,6 +58,23 @@ class WeightRecorder(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
         self._record()
+
+
+def build_optimizer(model: keras.Model) -> None:
+    """Create the compiled optimizer's variables for ``model``'s trainable variables, if not yet built.
+
+    Keras's TensorFlow trainer otherwise builds the optimizer inside the first
+    trace of the train step; a ``tf.function`` that creates variables while
+    tracing is traced a second time, so ``fit`` pays for two traces. Building
+    it first changes no value: the optimizer makes the same variables with the
+    same initial values, for the same variables in the same order, as it would
+    on its first ``apply``. Call it after ``model.compile``.
+    """
+    optimizer = model.optimizer
+    if optimizer is None:
+        raise ValueError("compile the model first: it has no optimizer to build.")
+    if not optimizer.built:
+        optimizer.build(model.trainable_variables)
 
 
 def fit_trajectory(
@@ -73,7 +90,9 @@ def fit_trajectory(
 
     One epoch over ``steps`` copies of ``(x, y)`` with ``batch_size=len(x)``
     and ``shuffle=False``: every step sees the whole data set, as ``steps``
-    epochs would, without Keras's per-epoch overhead. Returns ``steps + 1``
+    epochs would, without Keras's per-epoch overhead. The optimizer is built
+    on the model's trainable variables before ``fit`` (:func:`build_optimizer`),
+    so TensorFlow traces the train step once, not twice. Returns ``steps + 1``
     snapshots of the trainable weights (:class:`WeightRecorder`).
 
     Raises
@@ -90,6 +109,7 @@ def fit_trajectory(
         )
     recorder = WeightRecorder()
     model.compile(optimizer=optimizer, loss=loss)
+    build_optimizer(model)
     reps = (int(steps),) + (1,) * (x.ndim - 1), (int(steps),) + (1,) * (y.ndim - 1)
     model.fit(
         np.tile(x, reps[0]),
