@@ -20,6 +20,7 @@ Keras is imported only by the functions that need it.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -181,6 +182,34 @@ def variance_shift_figure(
 # --------------------------------------------------------------------------- #
 
 
+class _TracedCall:
+    """``layer(x, training=training)`` run as a ``tf.function``, traced once per value of ``training``.
+
+    A Keras layer called eagerly dispatches its operations one at a time from
+    Python; traced, a call is one graph execution of the same operations (the
+    dropout masks still come from the layer's seed generator, the BatchNorm
+    statistics are still updated in its variables). Other Keras backends call
+    the layer as it is.
+    """
+
+    def __init__(self, layer: Any) -> None:
+        self.layer = layer
+        self._traced: dict[bool, Any] = {}
+
+    def __call__(self, x: Any, training: bool) -> Any:
+        import keras
+
+        if keras.backend.backend() != "tensorflow":
+            return self.layer(x, training=training)
+        if training not in self._traced:
+            import tensorflow as tf
+
+            # a partial, not a lambda: TensorFlow counts the traces of every lambda on one line together
+            # and would warn (on stdout, into the stored chapter) of "retracing" after five layers
+            self._traced[training] = tf.function(functools.partial(self.layer, training=training))
+        return self._traced[training](x)
+
+
 @dataclass(eq=False)
 class DropoutBN:
     """Pairs of Keras dropout and BatchNorm layers after their training calls.
@@ -199,16 +228,23 @@ class DropoutBN:
     bn: dict[str, Any] = field(default_factory=dict)
     last_batch: dict[str, NDArray[np.float64]] = field(default_factory=dict)
     test_input: dict[str, NDArray[np.float64]] = field(default_factory=dict)
+    _calls: dict[int, Any] = field(default_factory=dict, repr=False)
+
+    def _call(self, layer: Any) -> Any:
+        """``layer``, called through :class:`_TracedCall` (one per layer, kept for later calls)."""
+        return self._calls.setdefault(id(layer), _TracedCall(layer))
 
     def train_calls(self, steps: int, seed: int, *, dropout_training: bool = True) -> None:
         """More training calls of every pair.
 
         ``dropout_training=False``: dropout off, BatchNorm still updating.
+        The layers run as traced functions (:class:`_TracedCall`): the same
+        Keras ops, one call per layer and step instead of one per operation.
         """
         names = list(self.bn)
         last = run_training_calls(
-            [self.drop[n] for n in names],
-            [self.bn[n] for n in names],
+            [self._call(self.drop[n]) for n in names],
+            [self._call(self.bn[n]) for n in names],
             self.x,
             batch_size=self.batch_size,
             steps=steps,
@@ -320,13 +356,23 @@ def fit_bn_nets(
     BatchNorm. All nets start from the first net's weights, see the same
     batches (``shuffle=False``) and the same masks (same dropout seed), and are
     trained with Adam at ``learning_rate`` for ``epochs``. Returns the trained
-    models by name.
+    models by name. When ``batch_size`` divides the number of rows, the epochs
+    run as one ``fit`` epoch over ``epochs`` copies of the data: the same
+    batches in the same order, without Keras's per-epoch overhead.
     """
     import keras
 
+    from dropout_lib.book.keras_trajectories import build_optimizer
+
     p = check_keep_prob(keep_prob)
     keras.utils.set_random_seed(seed)
-    xs = np.asarray(x, dtype=np.float64)
+    xs, ys = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if len(xs) % int(batch_size) == 0:  # no partial batch: epochs passes are one pass over copies
+        xs, ys, epochs = (
+            np.tile(xs, (epochs,) + (1,) * (xs.ndim - 1)),
+            np.tile(ys, (epochs,) + (1,) * (ys.ndim - 1)),
+            1,
+        )
     nets = {
         name: _regression_net(check_variant(v), 1.0 - p, eps, momentum, xs.shape[1])
         for name, (v, eps, _) in configs.items()
@@ -340,9 +386,10 @@ def fit_bn_nets(
             [np.full_like(w, initial) if _is_moving_variance(v) else w for w, v in zip(start, net.weights)]
         )
         net.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="mse", jit_compile=False)
+        build_optimizer(net)  # before fit: the train step is then traced once, not twice
         net.fit(
             xs,
-            np.asarray(y, dtype=np.float64),
+            ys,
             batch_size=batch_size,
             epochs=epochs,
             shuffle=False,
