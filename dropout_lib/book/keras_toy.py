@@ -7,19 +7,28 @@ output layer, seeded so that every call gives the same weights and masks.
 (:func:`dropout_lib.twins.mapped_twin`: ``StandardDropout`` with the same masks,
 consuming kernel ``W / p``) full batch with ``model.fit``, the twin with the mapped
 optimizer (:func:`dropout_lib.mapping.mapped_multi_optimizer`), and returns the
-relative gap after every step with the twin mapped back (``W -> p W``).
+relative gap after every step with the twin mapped back (``W -> p W``);
+:func:`twin_runs` does so for several optimizers and float types, with an
+optional negative control that shares one of the runs' inverted fit.
 
 Layers compute ``z = d(h) W + b`` (Keras ``Dense`` kernels, shape ``(n_in, n_out)``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["fit_snapshots", "inverted_net", "regularised_net", "sgd_forms_against_keras", "twin_gaps"]
+__all__ = [
+    "fit_snapshots",
+    "inverted_net",
+    "regularised_net",
+    "sgd_forms_against_keras",
+    "twin_gaps",
+    "twin_runs",
+]
 
 
 def inverted_net(keep_prob: float, dtype: str, widths: tuple[int, int, int] = (6, 16, 3)):
@@ -58,13 +67,15 @@ def twin_gaps(
     dtype: str,
     steps: int,
     control: bool = False,
-) -> tuple[NDArray[np.float64], float]:
+) -> tuple[NDArray[np.float64], float] | tuple[NDArray[np.float64], float, NDArray[np.float64]]:
     """Fit the inverted net and its standard twin; return ``(gaps, moved)``.
 
     ``gaps[t]`` is the relative gap after step ``t`` (``t = 0`` the start) between
     the inverted net and its twin mapped back; ``moved`` is how far the inverted
     net's consuming kernel moved, relative to its start. With ``control=True``
-    the twin gets an unmapped copy of the optimizer (a negative control). Sets
+    a second twin with the same start and masks is fitted with an unmapped copy
+    of the optimizer (a negative control), against the same fit of the
+    inverted net, and ``(gaps, moved, control_gaps)`` is returned. Sets
     Keras's float type and dtype policy to ``dtype`` and leaves them so; mean
     squared error, full batch, one step per epoch.
     """
@@ -76,18 +87,58 @@ def twin_gaps(
     keras.config.set_floatx(dtype)
     keras.config.set_dtype_policy(dtype)
     inverted = inverted_net(keep_prob, dtype, (x.shape[1], 16, y.shape[1]))
+    # every twin is built before the inverted net trains: it copies the masks' generator state
     standard = twins.mapped_twin(inverted, "standard")
+    unmapped = twins.mapped_twin(inverted, "standard") if control else None
     optimizer = make_optimizer()
-    twin_optimizer = (
-        mapping.clone_optimizer(optimizer)
-        if control
-        else mapping.mapped_multi_optimizer(standard, optimizer, "to_standard")
-    )
+    twin_optimizer = mapping.mapped_multi_optimizer(standard, optimizer, "to_standard")
+    control_optimizer = mapping.clone_optimizer(optimizer) if control else None
     x, y = x.astype(dtype), y.astype(dtype)
     reference = fit_trajectory(inverted, optimizer, x, y, steps=steps)
     other = fit_trajectory(standard, twin_optimizer, x, y, steps=steps)
     moved = twins.relative_difference(reference[-1][2], reference[0][2])  # consuming kernel
-    return trajectory_gaps(reference, other, standard, "to_inverted"), float(moved)
+    gaps = trajectory_gaps(reference, other, standard, "to_inverted")
+    if unmapped is None:
+        return gaps, float(moved)
+    control_run = fit_trajectory(unmapped, control_optimizer, x, y, steps=steps)
+    return gaps, float(moved), trajectory_gaps(reference, control_run, unmapped, "to_inverted")
+
+
+def twin_runs(
+    optimizers: Mapping[str, Callable[[], object]],
+    keep_prob: float,
+    x: NDArray,
+    y: NDArray,
+    *,
+    dtypes: Sequence[str],
+    steps: int,
+    control: str | None = None,
+) -> dict[tuple[str, str], tuple[NDArray[np.float64], float]]:
+    """:func:`twin_gaps` for every dtype and optimizer; return ``{(name, dtype): (gaps, moved)}``.
+
+    In that order: ``dtypes`` outer, ``optimizers`` (``{name: factory}``)
+    inner. With ``control`` an optimizer's name, the run of that optimizer in
+    the first dtype also fits the unmapped twin (``control=True``), against
+    the same fit of the inverted net; its gaps come last, under
+    ``(control, "control")``, with the inverted net's ``moved``. Leaves
+    Keras's float type and dtype policy at the last dtype.
+    """
+    runs: dict[tuple[str, str], tuple[NDArray[np.float64], float]] = {}
+    unmapped = None
+    for dtype in dtypes:
+        for name, make in optimizers.items():
+            with_control = name == control and dtype == dtypes[0]
+            gaps, moved, *rest = twin_gaps(
+                make, keep_prob, x, y, dtype=dtype, steps=steps, control=with_control
+            )
+            runs[name, dtype] = gaps, moved
+            if with_control:
+                unmapped = rest[0], moved
+    if control is not None:
+        if unmapped is None:
+            raise ValueError(f"control {control!r} is not one of the optimizers {list(optimizers)}.")
+        runs[control, "control"] = unmapped
+    return runs
 
 
 def sgd_forms_against_keras(
@@ -179,16 +230,19 @@ def fit_snapshots(model, optimizer, x: NDArray, y: NDArray, *, batch: int, every
 
     Returns the weights after every ``every`` steps (``steps_per_execution``),
     the start first (:class:`dropout_lib.book.keras_trajectories.WeightRecorder`).
+    The optimizer is built before ``fit``, so the train step is traced once
+    (:func:`dropout_lib.book.keras_trajectories.build_optimizer`).
     """
     import keras
 
-    from dropout_lib.book.keras_trajectories import WeightRecorder
+    from dropout_lib.book.keras_trajectories import WeightRecorder, build_optimizer
 
     model.compile(
         optimizer=optimizer,
         steps_per_execution=every,
         loss=keras.losses.CategoricalCrossentropy(from_logits=True),
     )
+    build_optimizer(model)
     recorder = WeightRecorder()
     model.fit(x, y, batch_size=batch, epochs=1, shuffle=False, verbose=0, callbacks=[recorder])
     return recorder.snapshots
