@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
-import scipy.stats
 from numpy.typing import ArrayLike, NDArray
 
 __all__ = [
@@ -268,6 +267,8 @@ def normal_two_sided_tail(threshold: float) -> float:
     t = float(threshold)
     if not math.isfinite(t) or t < 0:
         raise ValueError(f"threshold must be a finite number >= 0; got {threshold!r}.")
+    import scipy.stats  # here, not at the top: importing it costs about 1 s in every kernel
+
     return float(2.0 * scipy.stats.norm.sf(t))
 
 
