@@ -30,9 +30,46 @@ MAP_TOL = 1e-12  # rounding: a few u per step over 12 steps is ~1e-14
 WRONG = 1e-3  # a different model: off by O(1 - p)
 
 
+SEEDS = (3, 5)
+# The pilot at two learning rates, SMALL's second, on the experiment's seeds: its
+# run at SMALL's rate is run_experiment(SMALL, [3, 5]), the experiment the tests
+# below read. Recording the pilot's run_experiment calls, and the FourWays each
+# builds, trains the four nets at SMALL's rate once rather than again (building
+# and tracing four nets costs ~3 s of CPU per FourWays); the reuse test reruns a
+# seed on the recorded FourWays instead of building a third one.
+PILOT_RATES = (2.0**-9, SMALL.learning_rate)
+
+
 @pytest.fixture(scope="module")
-def experiment() -> E.Experiment:
-    return E.run_experiment(SMALL, seeds=[3, 5])
+def pilot_run() -> tuple[E.Pilot, list[E.Experiment], list[E.FourWays]]:
+    """The pilot, its run_experiment calls in order, and the FourWays each of them trained."""
+    calls: list[E.Experiment] = []
+    trainers: list[E.FourWays] = []
+    run_experiment = E.run_experiment
+
+    class RecordedFourWays(E.FourWays):
+        def __init__(self, config: E.Config) -> None:
+            super().__init__(config)
+            trainers.append(self)
+
+    def recorded(config, seeds):
+        calls.append(run_experiment(config, seeds))
+        return calls[-1]
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(E, "run_experiment", recorded)
+        mp.setattr(E, "FourWays", RecordedFourWays)
+        p = E.pilot(SMALL, PILOT_RATES, seeds=SEEDS)
+    return p, calls, trainers
+
+
+@pytest.fixture(scope="module")
+def experiment(pilot_run) -> E.Experiment:
+    """``run_experiment(SMALL, seeds=[3, 5])``, as the pilot called it at SMALL's rate."""
+    _, calls, _ = pilot_run
+    run = calls[PILOT_RATES.index(SMALL.learning_rate)]
+    assert run.config == SMALL and run.seeds == SEEDS
+    return run
 
 
 # ----------------------------------------------------------------- the run
@@ -65,15 +102,20 @@ def test_curves_shapes_and_start(experiment):
             assert r.runs[w].train_loss[-1] < r.runs[w].train_loss[0], w
 
 
-def test_reused_nets_train_exactly_like_fresh_ones(experiment):
-    """FourWays.reset gives the state of freshly built nets: seed 5 run alone."""
-    fresh = E.FourWays(SMALL).run(5)
-    reused = experiment.results[1]
-    assert reused.seed == 5
+def test_reused_nets_train_exactly_like_fresh_ones(experiment, pilot_run):
+    """FourWays.reset gives the state of freshly built nets: seed 3, first trained on freshly
+    built nets, trained again on the same nets after seeds 3 and 5."""
+    trainer = pilot_run[2][PILOT_RATES.index(SMALL.learning_rate)]
+    assert trainer.config == SMALL
+    fresh = experiment.results[0]
+    assert (fresh.seed, experiment.results[1].seed) == SEEDS  # run_experiment trains in this order
+    reused = trainer.run(3)
+    assert reused.seed == 3
     for w in E.WAYS:
         for a, b in zip(fresh.runs[w].weights, reused.runs[w].weights):
             np.testing.assert_array_equal(a, b)
         np.testing.assert_array_equal(fresh.runs[w].test_loss, reused.runs[w].test_loss)
+        np.testing.assert_array_equal(fresh.runs[w].train_loss, reused.runs[w].train_loss)
 
 
 def test_consumers_and_keep_probs(experiment):
@@ -237,13 +279,20 @@ def test_chapter_summaries(experiment):
     assert (numbers["p_in"], numbers["rate_in"], numbers["n_seeds"]) == (0.8, 0.2, 2)
 
 
-def test_pilot_reruns_and_chooses():
-    """A tiny pilot: two learning rates, one pilot seed; the rule picks the lower held-out loss."""
-    p = E.pilot(SMALL, [2.0**-9, 2.0**-6], seeds=(1000,))
-    assert p.test_loss.shape == (2, 4, len(p.steps)) and p.seeds == (1000,)
+def test_pilot_reruns_and_chooses(pilot_run):
+    """A tiny pilot: two learning rates, two seeds; the rule picks the lower held-out loss."""
+    p, calls, _ = pilot_run
+    assert p.test_loss.shape == (2, 4, len(p.steps)) and p.seeds == SEEDS
+    assert p.learning_rates == PILOT_RATES
     assert p.chosen == p.learning_rates[int(np.argmin(p.final("inverted")))]
-    # the pilot is run_experiment at each rate: the same numbers
-    alone = E.run_experiment(E.Config(**{**SMALL.__dict__, "learning_rate": 2.0**-6}), [1000])
-    np.testing.assert_array_equal(p.test_loss[1], alone.curve("test_loss")[0])
+    # the pilot is run_experiment at each rate, on its seeds: the same numbers, averaged
+    assert [c.config for c in calls] == [
+        E.Config(**{**SMALL.__dict__, "learning_rate": lr}) for lr in PILOT_RATES
+    ]
+    assert all(c.seeds == SEEDS for c in calls)
+    for k, c in enumerate(calls):
+        np.testing.assert_array_equal(p.test_loss[k], c.curve("test_loss").mean(axis=0))
+        np.testing.assert_array_equal(p.train_loss[k], c.curve("train_loss").mean(axis=0))
+    assert not np.array_equal(p.test_loss[0], p.test_loss[1])  # the learning rate is used
     with pytest.raises(ValueError, match="learning_rates"):
         E.pilot(SMALL, [])

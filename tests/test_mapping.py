@@ -11,6 +11,16 @@ below).
 Most cases call ``optimizer.apply_gradients`` in an eager loop (each net
 computes its own gradients on its own forward pass: Keras's ``fit`` would
 trace a graph per model, about 1 s of CPU each); a few run real ``model.fit``.
+
+How many steps. The map is exact step by step: if the mapped state equals the
+source's after step t, it does after step t + 1. So a run checks the map as
+well in a few steps as in many, provided every step-dependent path of the
+optimizer is taken. :func:`steps_for` gives each optimizer the fewest steps
+that take them all (at least ``MIN_STEPS``, so that optimizer state is carried
+through several updates; past the warm-up of a schedule, past an EMA
+overwrite, two applied updates under gradient accumulation), and
+:func:`assert_paths_taken` checks that gradient clipping, where it is set,
+actually clips a consuming kernel's gradient (and that AMSGrad's maximum acts).
 """
 
 from __future__ import annotations
@@ -37,16 +47,16 @@ from dropout_lib.mapping import NoExactMapError  # noqa: E402
 
 O = keras.optimizers
 P = 0.7  # keep probability; not a power of 2, so nothing is exact by luck
-STEPS = 12
+MIN_STEPS = 3  # optimizer state (momenta, moments, accumulators) carried through 2 updates
 
 # Both runs follow the same real-number trajectory; in float64 they differ only
 # by rounding: a few eps_64 = 1.1e-16 per operation, ~10 operations per weight
 # per step, not amplified by these short, stable runs. Observed <= 3e-15
-# (largest: Ftrl with every option, Lamb) over these 12 steps and over 60
-# random-hyperparameter runs. 1e-12 leaves a margin of >300x, is 4 orders of
-# magnitude below the float32 level (6e-8, what a hyperparameter rounded
-# through float32 costs), and every wrong map in the negative controls is off
-# by >= 7e-3 (threshold 1e-5).
+# (largest: Ftrl with every option) in the 3 to 7 steps run here, as over 12
+# steps and over 60 random-hyperparameter runs of 8 steps. 1e-12
+# leaves a margin of >300x, is 4 orders of magnitude below the float32 level
+# (6e-8, what a hyperparameter rounded through float32 costs), and every wrong
+# map in the negative controls is off by >= 3e-3 in its few steps (threshold 1e-5).
 TOL = 1e-12
 WRONG = 1e-5
 
@@ -114,15 +124,69 @@ def twins(direction: str, keep_prob: float = P, build: Callable = mlp, **kw):
     return src, dst
 
 
-def train_eager(model: keras.Model, optimizer, steps: int = STEPS) -> None:
-    """Full-batch steps as ``fit``'s train_step does them: scale_loss, gradient, apply."""
+def steps_for(optimizer) -> int:
+    """The fewest full-batch steps that take every step-dependent path of ``optimizer``.
+
+    At least ``MIN_STEPS``; with gradient accumulation over ``k`` steps, at least
+    two applied updates (``2 k`` steps); with an EMA overwritten every ``f``
+    updates, one update after the first overwrite (``f + 1``); with a warm-up of
+    ``w`` updates (a learning-rate schedule's or ScheduleFreeAdamW's), two
+    updates after it (``w + 2``). Keras counts updates, not steps, under
+    accumulation.
+    """
+    inner = getattr(optimizer, "inner_optimizer", optimizer)  # LossScaleOptimizer
+    every = inner.gradient_accumulation_steps or 1
+    updates = 2 if every > 1 else 1
+    if inner.use_ema and inner.ema_overwrite_frequency:
+        updates = max(updates, inner.ema_overwrite_frequency + 1)
+    for warm_up in (getattr(inner, "warmup_steps", 0), getattr(inner._learning_rate, "warmup_steps", 0)):
+        updates = max(updates, (warm_up or 0) + 2)
+    return max(MIN_STEPS, updates * every)
+
+
+def train_eager(model: keras.Model, optimizer, steps: int) -> dict[str, tuple[float, float]]:
+    """Full-batch steps as ``fit``'s train_step does them: scale_loss, gradient, apply.
+
+    Returns, per variable path, the largest norm and the largest absolute entry
+    of its (unscaled) gradient over the steps: what clipping acts on.
+    """
+    seen: dict[str, tuple[float, float]] = {}
     for _ in range(steps):
         with tf.GradientTape() as tape:
             loss = ops.mean((model(X, training=True) - Y) ** 2) + sum(model.losses)
             scaled = optimizer.scale_loss(loss)
         grads = tape.gradient(scaled, model.trainable_variables)
+        factor = float(scaled) / float(loss)  # the loss scale (1 without one)
+        for g, v in zip(grads, model.trainable_variables):
+            g = np.asarray(g) / factor
+            norm, top = seen.get(v.path, (0.0, 0.0))
+            seen[v.path] = (max(norm, float(np.linalg.norm(g))), max(top, float(np.max(np.abs(g)))))
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
     optimizer.finalize_variable_values(model.trainable_variables)  # EMA, as fit does
+    return seen
+
+
+def assert_paths_taken(optimizer, model: keras.Model, grads: dict[str, tuple[float, float]]) -> None:
+    """The paths of ``optimizer`` that act only on some values were taken on a consuming kernel.
+
+    Clipping (``clipnorm``, ``clipvalue``) clipped a consuming kernel's gradient
+    at some step: the map changes the thresholds there (``c -> c p``), and a
+    threshold never reached would leave that part of the map unchecked. AMSGrad's
+    maximum kept an earlier second moment (``v_hat > v`` at the end) somewhere.
+    """
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    kernels = [v.path for c in conversion.dropout_consumers(model) for v in c.variables]
+    if inner.clipnorm:
+        largest = max(grads[k][0] for k in kernels)
+        assert largest > inner.clipnorm, f"clipnorm {inner.clipnorm} never binds (norm <= {largest:.3g})"
+    if inner.clipvalue:
+        largest = max(grads[k][1] for k in kernels)
+        assert largest > inner.clipvalue, f"clipvalue {inner.clipvalue} never binds (|g| <= {largest:.3g})"
+    if getattr(inner, "amsgrad", False):  # Keras's Adam keeps v and v_hat per variable
+        assert any(
+            np.any(np.asarray(v_hat) > np.asarray(v))
+            for v_hat, v in zip(inner._velocity_hats, inner._velocities)
+        ), "AMSGrad's maximum never kept an earlier second moment"
 
 
 def mismatch(src: keras.Model, dst: keras.Model, direction: str) -> float:
@@ -139,11 +203,10 @@ def run_pair(
     make_opt: Callable,
     direction: str = "to_standard",
     build: Callable = mlp,
-    steps: int = STEPS,
     dst_optimizer: Callable | None = None,
     **kw,
 ) -> tuple[float, float]:
-    """Train the twins; return (mismatch, how far the source moved)."""
+    """Train the twins for ``steps_for`` steps; return (mismatch, how far the source moved)."""
     src, dst = twins(direction, build=build, **kw)
     w0 = src.get_weights()
     opt = make_opt()
@@ -151,7 +214,8 @@ def run_pair(
         opt_dst = mapping.mapped_multi_optimizer(dst, opt, direction)
     else:
         opt_dst = dst_optimizer(dst, opt)
-    train_eager(src, opt, steps)
+    steps = steps_for(opt)
+    assert_paths_taken(opt, src, train_eager(src, opt, steps))
     train_eager(dst, opt_dst, steps)
     return mismatch(src, dst, direction), moved(src, w0)
 
@@ -252,8 +316,8 @@ def test_two_dropouts_two_keep_probs_chained():
     opt = O.Adam(0.01, epsilon=1e-3)
     opt_dst = mapping.mapped_multi_optimizer(dst, opt, "to_standard")
     assert len({id(o) for o in opt_dst.optimizers}) == 3  # default + one per keep_prob
-    train_eager(src, opt)
-    train_eager(dst, opt_dst)
+    train_eager(src, opt, steps_for(opt))
+    train_eager(dst, opt_dst, steps_for(opt))
     assert mismatch(src, dst, "to_standard") < TOL
 
 
@@ -300,7 +364,7 @@ def test_wrong_maps_diverge(make_opt, wrong):
     def dst_opt(dst, opt):
         return multi_with(dst, mapping.clone_optimizer(opt), wrong(opt, P))
 
-    err, _ = run_pair(make_opt, dst_optimizer=dst_opt, steps=8)
+    err, _ = run_pair(make_opt, dst_optimizer=dst_opt)
     assert err > WRONG, f"a wrong map matched to {err:.1e}: the test cannot tell maps apart"
 
 
@@ -313,8 +377,8 @@ def test_keras_max_norm_is_not_exactly_mappable():
         dst = mlp("standard", P, kernel_constraint=C(0.5 / P))
         conversion.convert_weights(src, dst, "to_standard")
         opt = O.SGD(0.1)
-        train_eager(src, opt)
-        train_eager(dst, mapping.mapped_multi_optimizer(dst, opt, "to_standard"))
+        train_eager(src, opt, steps_for(opt))
+        train_eager(dst, mapping.mapped_multi_optimizer(dst, opt, "to_standard"), steps_for(opt))
         errs[name] = mismatch(src, dst, "to_standard")
     assert errs["equivariant"] < TOL
     assert errs["keras"] > 1e-9, errs  # ~1e-7/||w|| per step
@@ -323,9 +387,11 @@ def test_keras_max_norm_is_not_exactly_mappable():
 # ------------------------------------------------------ real model.fit
 
 
-def fit(model: keras.Model, optimizer, epochs: int = STEPS) -> None:
+def fit(model: keras.Model, optimizer, steps: int) -> None:
+    """``steps`` full-batch steps of ``fit``: one epoch over X repeated (as ``steps`` epochs
+    over X would do them, without Keras's per-epoch overhead)."""
     model.compile(optimizer=optimizer, loss="mse")
-    model.fit(X, Y, batch_size=len(X), epochs=epochs, shuffle=False, verbose=0)
+    model.fit(np.tile(X, (steps, 1)), np.tile(Y, (steps, 1)), batch_size=len(X), shuffle=False, verbose=0)
 
 
 FIT_CASES = [
@@ -347,8 +413,12 @@ def test_fit_reproduces_the_trajectory(make_opt, direction):
     src, dst = twins(direction)
     w0 = src.get_weights()
     opt = make_opt()
-    fit(src, opt)
-    fit(dst, mapping.mapped_multi_optimizer(dst, opt, direction))
+    steps = steps_for(opt)
+    # clipping binds at the first step: a fresh source draws the same weights and mask
+    first, first_opt = twins(direction)[0], make_opt()
+    assert_paths_taken(first_opt, first, train_eager(first, first_opt, 1))
+    fit(src, opt, steps)
+    fit(dst, mapping.mapped_multi_optimizer(dst, opt, direction), steps)
     assert moved(src, w0) > 1e-3
     assert mismatch(src, dst, direction) < TOL
 
@@ -371,9 +441,10 @@ def test_fit_l2_max_norm_and_initializer_maps():
         kernel_constraint=conversion.map_constraint(con, P, "to_standard"),
     )
     assert mismatch(src, dst, "to_standard") < TOL  # the initial draws
+    assert np.linalg.norm(src.get_layer("out").kernel.numpy(), axis=0).max() > 0.5  # the constraint binds
     opt = O.Adagrad(0.1, epsilon=1e-3)
-    fit(src, opt)
-    fit(dst, mapping.mapped_multi_optimizer(dst, opt, "to_standard"))
+    fit(src, opt, steps_for(opt))
+    fit(dst, mapping.mapped_multi_optimizer(dst, opt, "to_standard"), steps_for(opt))
     assert mismatch(src, dst, "to_standard") < TOL
 
 
@@ -419,8 +490,8 @@ def test_random_hyperparameters_reproduce_the_trajectory(spec, keep_prob, direct
     cls, kw = spec
     src, dst = twins(direction, keep_prob)
     opt = cls(**kw)
-    train_eager(src, opt, steps=8)
-    train_eager(dst, mapping.mapped_multi_optimizer(dst, opt, direction), steps=8)
+    train_eager(src, opt, steps_for(opt))
+    train_eager(dst, mapping.mapped_multi_optimizer(dst, opt, direction), steps_for(opt))
     assert mismatch(src, dst, direction) < TOL
 
 

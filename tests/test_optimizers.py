@@ -30,7 +30,11 @@ from dropout_lib.exact.training import train
 SIZES = (5, 8, 6, 3)
 BATCH = 16
 KP = (0.8, 0.7, 0.6)  # input dropout and both hidden layers; no power of 2, so nothing is exact by luck
-STEPS = 500
+# The maps are exact step by step (the mapped state after step t gives the mapped
+# state after step t + 1), so a run of 100 steps checks them as well as a longer
+# one: twice the 50 steps in which every wrong map below is off by > 4e-3, with
+# the paths that act only on some values (clipping, max-norm) asserted taken.
+STEPS = 100
 CONTROL_STEPS = 50
 
 _rng = np.random.default_rng(2014)
@@ -40,9 +44,10 @@ MASKS = [mlp.sample_masks(SIZES, KP, BATCH, _rng) for _ in range(STEPS)]
 
 # The two runs follow the same real-number trajectory; in float64 they differ by
 # rounding, a few eps_64 = 2.2e-16 per step, which the (small-lr) dynamics do not
-# amplify: observed <= 5e-15 after 500 steps (4e-14 with Keras's max-norm epsilon).
-# 1e-12 leaves a margin of 25x or more, while every wrong map tried is off by
-# > 4e-3 within 50 steps (the controls), so the two never overlap.
+# amplify: observed <= 2e-15 after 100 steps (9e-15 with Keras's max-norm epsilon;
+# <= 5e-15 and 4e-14 after 500 steps). 1e-12 leaves a margin of 25x or more, while
+# every wrong map tried is off by > 4e-3 within 50 steps (the controls), so the
+# two never overlap.
 MAP_TOL = 1e-12
 CONTROL_GAP = 1e-3
 
@@ -309,6 +314,13 @@ def test_init_scale_map_sigma_over_p():
 # ---------------------------------------------------- gradient clipping (#8)
 
 CLIP = 0.5  # gradient norms here are ~1-7, so clipping is active
+
+
+def test_clipping_is_active():
+    """Every consuming kernel's gradient norm exceeds CLIP at the first step, and so does the global norm."""
+    _, grads = mlp.loss_and_grads(P0, *BATCHES[0], variant="inverted", keep_probs=KP, masks=MASKS[0])
+    assert min(np.linalg.norm(grads[n]) for n in mlp.consuming_weights(KP)) > CLIP
+    assert math.sqrt(sum(np.sum(g * g) for g in grads.values())) > CLIP
 
 
 @pytest.mark.parametrize("opt", ["sgd", "adam"])
