@@ -22,13 +22,6 @@ def _float64():
     keras.config.set_dtype_policy(old_policy)
 
 
-def _twins(build, pattern, keep_prob, **kw):
-    keras.utils.set_random_seed(3)
-    inv, std = build("inverted", **kw), build("standard", **kw)
-    ps.copy_scaled(inv, std, ps.absorbing(inv, pattern, keep_prob))
-    return inv, std
-
-
 RES = dict(features=3, hidden=5, outputs=2, rate=RATE, seed=1)
 ATT = dict(steps=3, features=2, heads=2, key_dim=2, outputs=2, rate=RATE, seed=2)
 
@@ -45,11 +38,10 @@ ATT = dict(steps=3, features=2, heads=2, key_dim=2, outputs=2, rate=RATE, seed=2
     ],
 )
 def test_same_function_only_under_the_right_map(build, kw, pattern, same):
-    inv, std = _twins(build, pattern, P, **kw)
+    inv, std, absorb = ps.twin_models(build, kw, pattern, P)
+    assert absorb and set(absorb.values()) == {P}
     x = np.random.default_rng(0).normal(size=(8,) + tuple(inv.input_shape[1:]))
-    train = [np.asarray(m(x, training=True)) for m in (inv, std)]  # shared masks: same seed
-    test = [np.asarray(m(x)) for m in (inv, std)]
-    gap = max(np.max(np.abs(a - b)) / np.max(np.abs(a)) for a, b in (train, test))
+    gap = max(ps.function_gaps(inv, std, x))  # training (shared masks) and inference
     if same:
         assert gap <= 64 * 2.0**-53
     else:
@@ -106,3 +98,34 @@ def test_scaled_gaps_maps_back_before_comparing():
     other = [[np.ones(2) / P, np.full(3, 2.0)]]
     assert ps.scaled_gaps(ref, other, [P, 1.0])[0] <= 1e-15
     assert ps.scaled_gaps(ref, other, [1.0, 1.0])[0] > 0.1
+
+
+def test_trajectory_gaps_mapped_twin_follows_and_unmapped_does_not():
+    x, y = (np.random.default_rng(1).normal(size=(16, n)) for n in (RES["features"], RES["outputs"]))
+    twins = {"mapped": (r"ffn_out/(kernel|bias)", True), "control": (r"ffn_out/(kernel|bias)", False)}
+    steps = 5
+    gaps = ps.trajectory_gaps(
+        ps.residual_model,
+        RES,
+        keras.optimizers.Adam(0.05),
+        twins,
+        x,
+        y,
+        keep_prob=P,
+        steps=steps,
+        min_moved=0.01,
+    )
+    assert gaps["mapped"] <= steps * 64 * 2.0**-53  # rounding, as chapter 7b bounds it
+    assert gaps["control"] > 1e-3  # Adam unmapped: another run
+    with pytest.raises(ValueError, match="min_moved"):  # a run that hardly moves proves nothing
+        ps.trajectory_gaps(
+            ps.residual_model,
+            RES,
+            keras.optimizers.SGD(1e-12),
+            twins,
+            x,
+            y,
+            keep_prob=P,
+            steps=1,
+            min_moved=0.01,
+        )

@@ -36,14 +36,17 @@ Helpers:
   (:func:`dropout_lib.mapping.to_standard`) and every other variable the
   original;
 * :func:`scaled_gaps` compares two recorded trajectories in the inverted
-  model's coordinates.
+  model's coordinates;
+* :func:`twin_models`, :func:`function_gaps` and :func:`trajectory_gaps`
+  put these together: a model and its standard twin, how far apart their
+  outputs are, and how far apart their training runs are.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
-from typing import Literal
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal
 
 import keras
 import numpy as np
@@ -64,11 +67,14 @@ __all__ = [
     "attention_model",
     "combine",
     "copy_scaled",
+    "function_gaps",
     "mapped_optimizer",
     "residual_model",
     "scaled_gaps",
     "scales_for",
+    "trajectory_gaps",
     "transformer_block_model",
+    "twin_models",
 ]
 
 
@@ -304,3 +310,94 @@ def scales_for(model: keras.Model, absorb: Mapping[str, float]) -> list[float]:
     coordinates, for :func:`scaled_gaps`.
     """
     return [absorb.get(v.path, 1.0) for v in model.trainable_variables]
+
+
+Absorb = str | Mapping[str, float]
+"""A regex over variable paths (each match absorbs ``keep_prob``), or ``{path: p}``."""
+
+
+def _absorb(model: keras.Model, absorb: Absorb, keep_prob: float) -> dict[str, float]:
+    return absorbing(model, absorb, keep_prob) if isinstance(absorb, str) else dict(absorb)
+
+
+def twin_models(
+    build: Callable[..., keras.Model], arch: Mapping[str, Any], absorb: Absorb, keep_prob: float
+) -> tuple[keras.Model, keras.Model, dict[str, float]]:
+    """``(inverted, standard, absorb)``: a model built by ``build`` and its standard twin.
+
+    Keras's global seed is set to 0, then ``build("inverted", **arch)`` and
+    ``build("standard", **arch)`` are built (the dropout seeds in ``arch``
+    give both the same masks); the twin starts at the inverted model's weights
+    with each absorbing variable divided by its ``p`` (:func:`copy_scaled`).
+    ``absorb`` is a pattern (every matching variable absorbs ``keep_prob``,
+    Keras's ``rate`` being ``1 - keep_prob``) or a ``{path: p}`` dict.
+    """
+    keras.utils.set_random_seed(0)
+    inverted, standard = build("inverted", **arch), build("standard", **arch)
+    absorb = _absorb(inverted, absorb, keep_prob)
+    copy_scaled(inverted, standard, absorb)
+    return inverted, standard, absorb
+
+
+def function_gaps(inverted: keras.Model, standard: keras.Model, x: NDArray) -> tuple[float, float]:
+    """``(training, inference)``: ``max |f_inv(x) - f_std(x)| / max |f_inv(x)|`` in each mode.
+
+    Both models draw their next masks in the training call; twins built by
+    :func:`twin_models` draw the same ones.
+    """
+    scale = float(np.max(np.abs(inverted(x))))
+    train = np.max(np.abs(np.asarray(inverted(x, training=True)) - np.asarray(standard(x, training=True))))
+    test = np.max(np.abs(np.asarray(inverted(x)) - np.asarray(standard(x))))
+    return float(train / scale), float(test / scale)
+
+
+def trajectory_gaps(
+    build: Callable[..., keras.Model],
+    arch: Mapping[str, Any],
+    optimizer: keras.optimizers.Optimizer,
+    twins: Mapping[str, tuple[Absorb, bool]],
+    x: NDArray,
+    y: NDArray,
+    *,
+    keep_prob: float,
+    steps: int,
+    min_moved: float,
+) -> dict[str, float]:
+    """Train a model and its standard twins full batch; return each twin's largest :func:`scaled_gaps`.
+
+    ``twins`` is ``{name: (absorb, mapped)}``: each twin starts at the
+    inverted model's weights scaled by its ``absorb`` (as in
+    :func:`twin_models`; the same masks) and trains with
+    :func:`mapped_optimizer` if ``mapped``, else with an unmapped copy of
+    ``optimizer`` (a negative control). The inverted model is fitted once,
+    with a copy of ``optimizer``, and serves every twin. ``steps`` steps of
+    :func:`dropout_lib.book.keras_trajectories.fit_trajectory` on ``(x, y)``.
+
+    Raises ``ValueError`` if the inverted model's weights moved by less than
+    ``min_moved`` (``|theta_0 - theta_T| / |theta_T|``): a small gap would then
+    prove little.
+    """
+    from dropout_lib.book.keras_trajectories import fit_trajectory
+
+    keras.utils.set_random_seed(0)
+    inverted, fits = build("inverted", **arch), {}
+    for name, (absorb, mapped) in twins.items():
+        standard, absorb = build("standard", **arch), _absorb(inverted, absorb, keep_prob)
+        copy_scaled(inverted, standard, absorb)
+        twin_optimizer = (
+            mapped_optimizer(standard, optimizer, absorb) if mapped else clone_optimizer(optimizer)
+        )
+        fits[name] = standard, absorb, twin_optimizer
+    reference = fit_trajectory(inverted, clone_optimizer(optimizer), x, y, steps=steps)
+    moved = scaled_gaps(reference[-1:], reference[:1], [1.0] * len(reference[0]))[0]
+    if moved < min_moved:
+        raise ValueError(
+            f"the inverted model moved its weights by {moved:.2g} (relative), less than "
+            f"min_moved={min_moved}: a small gap would prove little; train longer or faster."
+        )
+    return {
+        name: float(
+            scaled_gaps(reference, fit_trajectory(std, opt, x, y, steps=steps), scales_for(std, absorb)).max()
+        )
+        for name, (std, absorb, opt) in fits.items()
+    }
