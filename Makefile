@@ -42,9 +42,13 @@ export JUPYTER_PREFER_ENV_PATH := 1
 # One pytest session on two workers: tests/ (unit, property, browser),
 # dropout_lib's doctests, and strict nbval on every chapter (each re-executed
 # on the project's kernel, every output compared with the stored one). One
-# file goes to a worker at a time, in the order given: the chapters, the
-# longest units, first, so the many short test files fill the end evenly.
-PYTEST  := $(PY) -m pytest -n 2 --dist loadfile
+# file goes to a worker at a time, in the order given (xdist would otherwise
+# start the files with the most tests first, and the real-data chapter, the
+# longest file by far but only 13 cells, last): the chapters, longest first,
+# then the many short test files, which fill the end evenly.
+PYTEST  := $(PY) -m pytest -n 2 --dist loadfile --no-loadscope-reorder
+LONGEST := chapters/10_real_data.ipynb
+ORDERED := $(LONGEST) $(filter-out $(LONGEST),$(CHAPTERS))
 NBVAL   := --nbval --nbval-kernel-name $(KERNEL) --nbval-cell-timeout 120 \
            --nbval-sanitize-with tests/nbval_sanitize.cfg
 DOCTEST := --doctest-modules dropout_lib
@@ -121,13 +125,13 @@ test: preflight-test book
 	$(VENV)/bin/ruff check dropout_lib tests
 	$(VENV)/bin/ruff format --check dropout_lib tests
 	$(VENV)/bin/zizmor --offline --quiet .github/workflows
-	DROPOUT_BOOK_BROWSER=required $(PYTEST) $(CHAPTERS) tests $(DOCTEST) $(NBVAL)
+	DROPOUT_BOOK_BROWSER=required $(PYTEST) $(ORDERED) tests $(DOCTEST) $(NBVAL)
 
 # The same stored notebooks, strict nbval again, as other machines run them:
 # OpenBLAS's Sandybridge kernels (and Haswell's where the native one is not
 # Haswell), and TensorFlow and BLAS on one thread. Nothing is re-stored.
 test-portability: book
-	$(PY) tools/test_portability.py -- $(PYTEST) $(CHAPTERS) tests --ignore=tests/test_browser.py \
+	$(PY) tools/test_portability.py -- $(PYTEST) $(ORDERED) tests --ignore=tests/test_browser.py \
 	    $(DOCTEST) $(NBVAL)
 
 # The chapters in JupyterLab (with MyST rendered in the notebooks by
