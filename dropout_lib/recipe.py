@@ -208,7 +208,7 @@ def _specs() -> list[tuple[str, str, float | None, Callable[[float, float, str],
             "all",
             1.0,
             global_clip,
-            "no consumer-side map (`NoExactMapError`); use `clipnorm`",
+            "no consumer-side map (`NoExactMapError`); `clipnorm` instead trains a different model",
         ),
         (
             "a kernel shared by a dropped and an undropped input",
@@ -247,6 +247,8 @@ def _rows(direction: str, keep_probs: tuple[float, ...]) -> tuple[Row, ...]:
         try:
             mapped = tuple(float(fn(example, p, direction)) for p in keep_probs)
         except (NoExactMapError, NotConvertibleError):
+            if direction == "to_inverted":  # the paper's recipe runs unchanged on the pair
+                note += "; to keep it, use the `Rescaling` pair below"
             out.append(Row(what, where, example, None, (None,) * len(keep_probs), note))
             continue
         out.append(Row(what, where, example, _power(example, mapped, keep_probs), mapped, note))
@@ -277,7 +279,7 @@ def table_markdown(direction: str, keep_probs: Sequence[float] = KEEP_PROBS) -> 
     src, dst = ("paper", "Keras") if direction == "to_inverted" else ("Keras", "paper")
     head = (
         f"| hyperparameter | on | multiply by | {src} value | "
-        + " | ".join(f"{dst}, $p = {p:g}$" for p in keep_probs)
+        + " | ".join(f"{dst}, $p = {p:g}$ (`rate={1 - p:g}`)" for p in keep_probs)
         + " | note |"
     )
     lines = [head, "|" + " --- |" * (5 + len(keep_probs))]
