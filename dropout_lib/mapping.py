@@ -109,6 +109,7 @@ import numpy as np
 from keras import ops
 
 from dropout_lib.conversion import (
+    NotConvertibleError,
     _keras_scalar,
     consumer_kernels,
     dropout_consumers,
@@ -131,6 +132,7 @@ __all__ = [
     "map_optimizer",
     "to_standard",
     "to_inverted",
+    "check_untrained",
     "clone_optimizer",
     "mapped_multi_optimizer",
 ]
@@ -264,6 +266,50 @@ def _rebuild(optimizer: keras.optimizers.Optimizer, config: dict[str, Any]) -> A
     return new
 
 
+def _check_optimizer_instance(optimizer: Any) -> None:
+    """Refuse anything but an optimizer instance, saying what to pass instead."""
+    if isinstance(optimizer, keras.Model):
+        raise TypeError(
+            "got a model where an optimizer was expected; to convert a model, use "
+            "dropout_lib.convert_model(model, to=..., optimizer=...)."
+        )
+    if isinstance(optimizer, type):
+        raise TypeError(
+            f"got the class {optimizer.__name__}, not an optimizer: pass an instance, "
+            f"e.g. {optimizer.__name__}(learning_rate=...)."
+        )
+    if not isinstance(optimizer, _O.Optimizer):
+        raise TypeError(
+            f"optimizer must be a keras.optimizers.Optimizer instance; got {optimizer!r}. "
+            "For a name such as 'adam', pass keras.optimizers.get('adam')."
+        )
+
+
+def check_untrained(optimizer: keras.optimizers.Optimizer) -> None:
+    """Refuse an optimizer that has taken steps: a map starts from a fresh state.
+
+    The mapped optimizer is new and unbuilt; the source's state (moments,
+    accumulators, the step count a learning-rate schedule reads) is not carried
+    over, so mapping a trained optimizer would restart the target's training
+    while the source continues. Raises ``TypeError`` for anything but an
+    optimizer instance and ``ValueError`` for one with ``iterations > 0``.
+
+    >>> import keras
+    >>> check_untrained(keras.optimizers.SGD(0.1))      # fresh: nothing to say
+    """
+    _check_optimizer_instance(optimizer)
+    steps = int(optimizer.iterations)
+    if steps > 0:
+        raise ValueError(
+            f"{type(optimizer).__name__} has already taken {steps} steps; its state "
+            "(moments, accumulators, the step count a learning-rate schedule reads) "
+            "would not be carried over, so the mapped run would start afresh while "
+            "the source's continues. Map a fresh optimizer with the same "
+            "hyperparameters (clone_optimizer(optimizer) is one) before either net "
+            "trains."
+        )
+
+
 def clone_optimizer(optimizer: keras.optimizers.Optimizer) -> keras.optimizers.Optimizer:
     """A fresh, unbuilt optimizer with the same class and hyperparameters.
 
@@ -279,6 +325,7 @@ def clone_optimizer(optimizer: keras.optimizers.Optimizer) -> keras.optimizers.O
     >>> copy is not sgd, copy.momentum
     (True, 0.9)
     """
+    _check_optimizer_instance(optimizer)
     if isinstance(optimizer, _O.MultiOptimizer):
         raise TypeError("clone_optimizer does not clone a MultiOptimizer; clone its parts.")
     if isinstance(optimizer, _O.LossScaleOptimizer):
@@ -516,6 +563,7 @@ def map_optimizer(
     dropout_lib.validation.NoExactMapError: global_clipnorm=1.0 clips every gradient by the global norm ...
     """
     s = kernel_scale(keep_prob, direction)
+    check_untrained(optimizer)
     variables = None if variables is None else list(variables)
     if isinstance(optimizer, _O.MultiOptimizer):
         raise TypeError(
@@ -549,9 +597,11 @@ def map_optimizer(
             "variant the consuming kernels' gradients are rescaled (by "
             f"{1 / s:.6g}) and the others are not, so the global norm, hence the "
             "clip factor, differs, and it is shared by all variables: no "
-            "hyperparameters reproduce it exactly. Use clipnorm (per tensor; it "
-            "maps to clipnorm*p to standard, clipnorm/p to inverted) or clipvalue "
-            "(likewise), or no clipping."
+            "hyperparameters reproduce it exactly. To keep global_clipnorm, keep the "
+            "paper's recipe unchanged on keras.layers.Dropout followed by "
+            "Rescaling(1 - rate) (dropout_lib.recipe.paper_dropout). clipnorm (per "
+            "tensor; it maps to clipnorm*p to standard, clipnorm/p to inverted), "
+            "clipvalue (likewise) or no clipping each train a different model."
         )
     _check_weight_decay_exclusions(optimizer)
     if isinstance(optimizer, _O.Muon):
@@ -654,6 +704,24 @@ def _resolve_layers(model: keras.Model, layers: Sequence[Any]) -> list[keras.lay
     return resolved
 
 
+def _check_against_graph(model: keras.Model, keep_prob: float, layers: Sequence[Any]) -> None:
+    """Where the graph can be walked, the given consumers and ``keep_prob`` must be its own."""
+    try:
+        found = dropout_consumers(model)
+    except (NotConvertibleError, TypeError, ValueError):
+        return  # a subclassed model or a graph the walk refuses: the caller's word stands
+    graph = {(c.layer.name, c.keep_prob) for c in found}
+    given = {(layer.name, float(keep_prob)) for layer in layers}
+    if given != graph:
+        raise ValueError(
+            f"the model's graph has the consuming layers and keep probabilities "
+            f"{sorted(graph)}, but keep_prob={keep_prob} and consuming_layers="
+            f"{sorted(n for n, _ in given)} were given (keep_prob is p, the keep "
+            "probability; Keras's rate is 1 - p). Omit keep_prob and consuming_layers "
+            "to use the graph's."
+        )
+
+
 def mapped_multi_optimizer(
     model: keras.Model,
     optimizer: keras.optimizers.Optimizer,
@@ -708,6 +776,7 @@ def mapped_multi_optimizer(
     'MultiOptimizer'
     """
     check_direction(direction)
+    check_untrained(optimizer)
     if (keep_prob is None) != (consuming_layers is None):
         raise ValueError(
             "give keep_prob and consuming_layers together (keep_prob is p, the keep "
@@ -718,7 +787,9 @@ def mapped_multi_optimizer(
         groups = [(c.keep_prob, c.variables) for c in dropout_consumers(model)]
     else:
         check_keep_prob(keep_prob)
-        groups = [(keep_prob, consumer_kernels(layer)) for layer in _resolve_layers(model, consuming_layers)]
+        layers = _resolve_layers(model, consuming_layers)
+        _check_against_graph(model, keep_prob, layers)
+        groups = [(keep_prob, consumer_kernels(layer)) for layer in layers]
 
     if isinstance(optimizer, _O.LossScaleOptimizer):
         inner = mapped_multi_optimizer(

@@ -52,7 +52,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from dropout_lib.reference import check_keep_prob
-from dropout_lib.validation import NoExactMapError  # the package's one class: dl.NoExactMapError
+from dropout_lib.validation import NoExactMapError, check_rate  # the package's one class: dl.NoExactMapError
 
 __all__ = ["DEFAULTS", "NoExactMapError", "keep_prob_from_torch_p", "map_param_group", "scale"]
 
@@ -94,9 +94,12 @@ def keep_prob_from_torch_p(p: float) -> float:
     >>> keep_prob_from_torch_p(0.2)
     0.8
     """
-    if not (isinstance(p, (int, float)) and 0.0 <= p < 1.0):
-        raise ValueError(f"torch.nn.Dropout's p (drop probability) must be in [0, 1); got {p!r}.")
-    return 1.0 - float(p)
+    try:
+        return 1.0 - check_rate(p)  # numpy reals too; a type error says so
+    except ValueError:
+        raise ValueError(
+            f"torch.nn.Dropout's p (its DROP probability) must be in [0, 1); got {p!r}."
+        ) from None
 
 
 def scale(keep_prob: float, direction: str) -> float:

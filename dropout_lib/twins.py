@@ -83,7 +83,7 @@ from dropout_lib.conversion import (
 )
 from dropout_lib.exact import mlp
 from dropout_lib.layers import StandardDropout
-from dropout_lib.mapping import clone_optimizer, mapped_multi_optimizer
+from dropout_lib.mapping import check_untrained, clone_optimizer, mapped_multi_optimizer
 from dropout_lib.reference import relative_difference
 from dropout_lib.validation import (
     Direction,
@@ -282,16 +282,19 @@ def _hidden_dropouts(model: keras.Model, *, strict: bool) -> None:
             )
         if _is_dropout(layer):
             continue
-        for attribute in _DROPOUT_ATTRIBUTES:
-            value = getattr(layer, attribute, None)
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
-                raise NotConvertibleError(
-                    f"{where} applies dropout inside itself ({attribute}={value}), which "
-                    "this conversion cannot see into or swap: it would stay Keras's "
-                    "inverted dropout while the rest changes. Set "
-                    f"{attribute}=0 and put a keras.layers.Dropout layer in the graph "
-                    "instead, or keep this model on one dropout variant."
-                )
+        # the layer itself and everything inside it: a wrapped RNN's layers and cells
+        for sub in layer._flatten_layers(include_self=True):
+            for attribute in _DROPOUT_ATTRIBUTES:
+                value = getattr(sub, attribute, None)
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+                    inside = "" if sub is layer else f" in its sublayer {sub.name!r} ({type(sub).__name__})"
+                    raise NotConvertibleError(
+                        f"{where} applies dropout inside itself ({attribute}={value}{inside}), "
+                        "which this conversion cannot see into or swap: it would stay Keras's "
+                        "inverted dropout while the rest changes. Set "
+                        f"{attribute}=0 and put a keras.layers.Dropout layer in the graph "
+                        "instead, or keep this model on one dropout variant."
+                    )
         inner = [
             sub
             for sub in layer._flatten_layers(include_self=False)
@@ -516,6 +519,17 @@ def convert_model(
         or unbuilt model.
     dropout_lib.validation.NoExactMapError
         If the optimizer has no exact map (``global_clipnorm``, ...).
+    ValueError
+        If the optimizer has already taken steps (``iterations > 0``): its
+        state is not carried over, so convert before training.
+    TypeError
+        If ``optimizer`` is not an optimizer instance.
+
+    Notes
+    -----
+    Keras 3.15.1 cannot load a saved model compiled with the returned
+    ``MultiOptimizer`` (``keras.saving.load_model`` fails on its state): save
+    weights, or load with ``compile=False``.
 
     Examples
     --------
@@ -571,6 +585,8 @@ def convert_model(
     share_masks(model, out)
     if optimizer is None:
         optimizer = getattr(model, "optimizer", None)
+    if optimizer is not None:
+        check_untrained(optimizer)  # a trained optimizer's state would not be carried over
     if optimizer is None:
         mapped = None
     elif consumers:

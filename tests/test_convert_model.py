@@ -247,6 +247,14 @@ REFUSALS = {
         "mha",
     ),
     "recurrent dropout": (lambda: _seq(L.LSTM(3, dropout=0.2, name="lstm"), shape=(5, 4)), "lstm"),
+    "recurrent dropout in a wrapped RNN": (
+        lambda: _seq(L.Bidirectional(L.GRU(3, recurrent_dropout=0.2), name="bi"), shape=(5, 4)),
+        "bi",
+    ),
+    "dropout in an RNN's cell": (
+        lambda: _seq(L.RNN(L.LSTMCell(3, dropout=0.2), name="rnn"), shape=(5, 4)),
+        "rnn",
+    ),
     "shared matrix": (_shared, "shared"),
     "unknown consumer": (lambda: _seq(L.Dropout(0.5), L.Activation("tanh", name="act"), L.Dense(2)), "act"),
     "normalisation": (lambda: _seq(L.Dropout(0.5), L.BatchNormalization(name="bn"), L.Dense(2)), "bn"),

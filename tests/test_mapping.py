@@ -377,8 +377,9 @@ def test_keras_max_norm_is_not_exactly_mappable():
         dst = mlp("standard", P, kernel_constraint=C(0.5 / P))
         conversion.convert_weights(src, dst, "to_standard")
         opt = O.SGD(0.1)
+        mapped = mapping.mapped_multi_optimizer(dst, opt, "to_standard")  # before opt trains
         train_eager(src, opt, steps_for(opt))
-        train_eager(dst, mapping.mapped_multi_optimizer(dst, opt, "to_standard"), steps_for(opt))
+        train_eager(dst, mapped, steps_for(opt))
         errs[name] = mismatch(src, dst, "to_standard")
     assert errs["equivariant"] < TOL
     assert errs["keras"] > 1e-9, errs  # ~1e-7/||w|| per step
@@ -417,8 +418,9 @@ def test_fit_reproduces_the_trajectory(make_opt, direction):
     # clipping binds at the first step: a fresh source draws the same weights and mask
     first, first_opt = twins(direction)[0], make_opt()
     assert_paths_taken(first_opt, first, train_eager(first, first_opt, 1))
+    mapped = mapping.mapped_multi_optimizer(dst, opt, direction)  # before opt trains
     fit(src, opt, steps)
-    fit(dst, mapping.mapped_multi_optimizer(dst, opt, direction), steps)
+    fit(dst, mapped, steps)
     assert moved(src, w0) > 1e-3
     assert mismatch(src, dst, direction) < TOL
 
@@ -443,8 +445,9 @@ def test_fit_l2_max_norm_and_initializer_maps():
     assert mismatch(src, dst, "to_standard") < TOL  # the initial draws
     assert np.linalg.norm(src.get_layer("out").kernel.numpy(), axis=0).max() > 0.5  # the constraint binds
     opt = O.Adagrad(0.1, epsilon=1e-3)
+    mapped = mapping.mapped_multi_optimizer(dst, opt, "to_standard")  # before opt trains
     fit(src, opt, steps_for(opt))
-    fit(dst, mapping.mapped_multi_optimizer(dst, opt, "to_standard"), steps_for(opt))
+    fit(dst, mapped, steps_for(opt))
     assert mismatch(src, dst, "to_standard") < TOL
 
 
@@ -490,8 +493,9 @@ def test_random_hyperparameters_reproduce_the_trajectory(spec, keep_prob, direct
     cls, kw = spec
     src, dst = twins(direction, keep_prob)
     opt = cls(**kw)
+    mapped = mapping.mapped_multi_optimizer(dst, opt, direction)  # before opt trains
     train_eager(src, opt, steps_for(opt))
-    train_eager(dst, mapping.mapped_multi_optimizer(dst, opt, direction), steps_for(opt))
+    train_eager(dst, mapped, steps_for(opt))
     assert mismatch(src, dst, direction) < TOL
 
 
@@ -702,3 +706,57 @@ def test_exclusion_by_variable_object_raises():
     opt.exclude_from_weight_decay(var_list=[src.get_layer("out").bias])
     with pytest.raises(ValueError, match="var_names"):
         mapping.to_standard(opt, P)
+
+
+# ------------------------------------------------------------------ refusals
+
+
+def test_a_trained_optimizer_is_refused_everywhere_a_map_starts():
+    """Its state (moments, step count) would not carry over: the mapped run would restart."""
+    import dropout_lib as dl
+
+    src = mlp("inverted", P)
+    opt = O.SGD(keras.optimizers.schedules.ExponentialDecay(0.1, 4, 0.5), momentum=0.9)
+    mapped_before = mapping.mapped_multi_optimizer(mlp("standard", P), opt, "to_standard")  # fresh: fine
+    src.compile(optimizer=opt, loss="mse")
+    src.fit(X, Y, epochs=2, batch_size=16, verbose=0)
+    assert int(opt.iterations) == 2 and int(mapped_before.iterations) == 0
+    for call in (
+        lambda: mapping.map_optimizer(opt, P, "to_standard"),
+        lambda: mapping.mapped_multi_optimizer(mlp("standard", P), opt, "to_standard"),
+        lambda: dl.convert_model(src, to="standard"),  # the compiled-in optimizer
+    ):
+        with pytest.raises(ValueError, match="already taken 2 steps"):
+            call()
+    assert int(mapping.clone_optimizer(opt).iterations) == 0  # clone: fresh by definition
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [("sgd", "keras.optimizers.get"), (O.SGD, "pass an instance"), ("model", "convert_model")],
+)
+def test_what_is_not_an_optimizer_is_refused_with_what_to_pass(bad, message):
+    import dropout_lib as dl
+
+    bad = mlp("inverted", P) if bad == "model" else bad
+    with pytest.raises(TypeError, match=message):
+        mapping.to_standard(bad, keep_prob=P)
+    with pytest.raises(TypeError, match=message):
+        dl.convert_model(mlp("inverted", P), to="standard", optimizer=bad)
+
+
+def test_given_consumers_must_agree_with_the_graph():
+    """keep_prob is p, not Keras's rate: a rate passed by mistake is caught where the graph says otherwise."""
+    dst = mlp("standard", P)
+    with pytest.raises(ValueError, match="keep_prob is p"):
+        mapping.mapped_multi_optimizer(
+            dst, O.SGD(0.1), "to_standard", keep_prob=1 - P, consuming_layers=["out"]
+        )
+    with pytest.raises(ValueError, match="keep_prob is p"):
+        mapping.mapped_multi_optimizer(
+            dst, O.SGD(0.1), "to_standard", keep_prob=P, consuming_layers=["hidden"]
+        )
+    agreed = mapping.mapped_multi_optimizer(
+        dst, O.SGD(0.1), "to_standard", keep_prob=P, consuming_layers=["out"]
+    )
+    assert type(agreed).__name__ == "MultiOptimizer"
