@@ -248,7 +248,9 @@ def _refusal(layer: Any, scale: float) -> str:
         )
     return (
         head + why + ". Move the dropout so that a Dense/Conv layer consumes it "
-        "directly, or keep this model on one dropout variant."
+        "directly (a different model), or keep this model on its own dropout "
+        "variant (the paper's dropout runs in Keras as keras.layers.Dropout followed "
+        "by Rescaling(1 - rate): dropout_lib.recipe.paper_dropout)."
     )
 
 
@@ -378,8 +380,11 @@ class _Walk:
                 raise NotConvertibleError(
                     f"layer {layer.name!r} is called on a dropped input and on an "
                     "undropped one: its kernel is shared, and no single rescaling "
-                    "serves both calls (no consumer-side map exists; untie the layer, "
-                    "or rescale the dropped tensor's producer by hand, chapter 7)."
+                    "serves both calls (no consumer-side map exists). Rescale the "
+                    "dropped tensor's producer by hand (chapter 7), untie the layer (a "
+                    "different model), or keep this model on its own dropout variant "
+                    "(the paper's dropout runs in Keras as keras.layers.Dropout followed "
+                    "by Rescaling(1 - rate): dropout_lib.recipe.paper_dropout)."
                 )
             if not all(_close(c, factors[0]) for c in factors):
                 raise NotConvertibleError(
