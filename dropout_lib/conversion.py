@@ -186,6 +186,14 @@ _EPSILON_NORMALISERS: tuple[type, ...] = (
     L.UnitNormalization,
 ) + ((L.RMSNormalization,) if hasattr(L, "RMSNormalization") else ())
 
+# How a refusal ends: the model can always stay on its own variant, and the
+# paper's variant runs in Keras unchanged (recipe.md, thm-rescaling-paper).
+KEEP_THE_VARIANT = (
+    "keep this model on its own dropout variant (the paper's dropout runs in Keras "
+    "as keras.layers.Dropout followed by Rescaling(1 - rate): "
+    "dropout_lib.recipe.paper_dropout)"
+)
+
 _HOMOGENEOUS_ACTIVATIONS = (
     keras.activations.relu,
     keras.activations.leaky_relu,
@@ -248,9 +256,7 @@ def _refusal(layer: Any, scale: float) -> str:
         )
     return (
         head + why + ". Move the dropout so that a Dense/Conv layer consumes it "
-        "directly (a different model), or keep this model on its own dropout "
-        "variant (the paper's dropout runs in Keras as keras.layers.Dropout followed "
-        "by Rescaling(1 - rate): dropout_lib.recipe.paper_dropout)."
+        f"directly (a different model), or {KEEP_THE_VARIANT}."
     )
 
 
@@ -382,9 +388,7 @@ class _Walk:
                     "undropped one: its kernel is shared, and no single rescaling "
                     "serves both calls (no consumer-side map exists). Rescale the "
                     "dropped tensor's producer by hand (chapter 7), untie the layer (a "
-                    "different model), or keep this model on its own dropout variant "
-                    "(the paper's dropout runs in Keras as keras.layers.Dropout followed "
-                    "by Rescaling(1 - rate): dropout_lib.recipe.paper_dropout)."
+                    f"different model), or {KEEP_THE_VARIANT}."
                 )
             if not all(_close(c, factors[0]) for c in factors):
                 raise NotConvertibleError(

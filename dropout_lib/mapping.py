@@ -109,6 +109,7 @@ import numpy as np
 from keras import ops
 
 from dropout_lib.conversion import (
+    KEEP_THE_VARIANT,
     NotConvertibleError,
     _keras_scalar,
     consumer_kernels,
@@ -597,11 +598,9 @@ def map_optimizer(
             "variant the consuming kernels' gradients are rescaled (by "
             f"{1 / s:.6g}) and the others are not, so the global norm, hence the "
             "clip factor, differs, and it is shared by all variables: no "
-            "hyperparameters reproduce it exactly. To keep global_clipnorm, keep the "
-            "paper's recipe unchanged on keras.layers.Dropout followed by "
-            "Rescaling(1 - rate) (dropout_lib.recipe.paper_dropout). clipnorm (per "
-            "tensor; it maps to clipnorm*p to standard, clipnorm/p to inverted), "
-            "clipvalue (likewise) or no clipping each train a different model."
+            f"hyperparameters reproduce it exactly. To keep global_clipnorm, {KEEP_THE_VARIANT}. "
+            "clipnorm (per tensor; it maps to clipnorm*p to standard, clipnorm/p to "
+            "inverted), clipvalue (likewise) or no clipping each train a different model."
         )
     _check_weight_decay_exclusions(optimizer)
     if isinstance(optimizer, _O.Muon):
@@ -708,8 +707,8 @@ def _check_against_graph(model: keras.Model, keep_prob: float, layers: Sequence[
     """Where the graph can be walked, the given consumers and ``keep_prob`` must be its own."""
     try:
         found = dropout_consumers(model)
-    except (NotConvertibleError, TypeError, ValueError):
-        return  # a subclassed model or a graph the walk refuses: the caller's word stands
+    except (NotConvertibleError, TypeError):  # TypeError: a subclassed model, no graph to read
+        return  # the walk refuses: the caller's word stands
     graph = {(c.layer.name, c.keep_prob) for c in found}
     given = {(layer.name, float(keep_prob)) for layer in layers}
     if given != graph:

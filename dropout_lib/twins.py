@@ -585,13 +585,12 @@ def convert_model(
     share_masks(model, out)
     if optimizer is None:
         optimizer = getattr(model, "optimizer", None)
-    if optimizer is not None:
-        check_untrained(optimizer)  # a trained optimizer's state would not be carried over
     if optimizer is None:
         mapped = None
     elif consumers:
-        mapped = mapped_multi_optimizer(out, optimizer, direction)
+        mapped = mapped_multi_optimizer(out, optimizer, direction)  # refuses a trained one
     else:
+        check_untrained(optimizer)  # its state would not carry over to the clone
         mapped = clone_optimizer(optimizer)
     new_consumers = tuple(dropout_consumers(out))
     return ConvertedModel(out, mapped, direction, new_consumers)

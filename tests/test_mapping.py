@@ -760,3 +760,18 @@ def test_given_consumers_must_agree_with_the_graph():
         dst, O.SGD(0.1), "to_standard", keep_prob=P, consuming_layers=["out"]
     )
     assert type(agreed).__name__ == "MultiOptimizer"
+
+    class Subclassed(keras.Model):  # no graph to read: the caller's consumers stand
+        def __init__(self):
+            super().__init__()
+            self.drop, self.out = StandardDropout(1 - P), keras.layers.Dense(3, name="out")
+
+        def call(self, x):
+            return self.out(self.drop(x))
+
+    net = Subclassed()
+    net(X)
+    manual = mapping.mapped_multi_optimizer(
+        net, O.SGD(0.1), "to_standard", keep_prob=P, consuming_layers=["out"]
+    )
+    assert type(manual).__name__ == "MultiOptimizer"
