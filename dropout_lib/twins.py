@@ -72,6 +72,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from dropout_lib.conversion import (
+    KEEP_THE_VARIANT,
     Consumer,
     convert_weights,
     converted_weights,
@@ -278,7 +279,7 @@ def _hidden_dropouts(model: keras.Model, *, strict: bool) -> None:
                 f"{where} is not Bernoulli dropout ({type(layer).__name__} multiplies by "
                 "Gaussian noise or sets dropped units to a constant), and only Bernoulli "
                 "dropout has a paper's and an inverted variant to swap. Replace it by "
-                "keras.layers.Dropout, or keep this model on one dropout variant."
+                "keras.layers.Dropout (a different model), or keep this model as it is."
             )
         if _is_dropout(layer):
             continue
@@ -293,7 +294,7 @@ def _hidden_dropouts(model: keras.Model, *, strict: bool) -> None:
                         "which this conversion cannot see into or swap: it would stay Keras's "
                         "inverted dropout while the rest changes. Set "
                         f"{attribute}=0 and put a keras.layers.Dropout layer in the graph "
-                        "instead, or keep this model on one dropout variant."
+                        f"instead (a different model), or {KEEP_THE_VARIANT}."
                     )
         inner = [
             sub
@@ -307,7 +308,7 @@ def _hidden_dropouts(model: keras.Model, *, strict: bool) -> None:
                 f"({type(inner[0]).__name__}), which this conversion cannot see into: "
                 "the dropout would stay unswapped and the two models would differ. "
                 "Build the model with the inner layers in the outer graph (call them "
-                "on the outer tensors), or keep this model on one dropout variant."
+                f"on the outer tensors), or {KEEP_THE_VARIANT}."
             )
 
 

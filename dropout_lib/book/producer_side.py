@@ -320,6 +320,19 @@ def _absorb(model: keras.Model, absorb: Absorb, keep_prob: float) -> dict[str, f
     return absorbing(model, absorb, keep_prob) if isinstance(absorb, str) else dict(absorb)
 
 
+def _standard_twin(
+    build: Callable[..., keras.Model],
+    arch: Mapping[str, Any],
+    inverted: keras.Model,
+    absorb: Absorb,
+    keep_prob: float,
+) -> tuple[keras.Model, dict[str, float]]:
+    """``build("standard", **arch)`` started at ``inverted``'s weights scaled by ``absorb``."""
+    standard, absorb = build("standard", **arch), _absorb(inverted, absorb, keep_prob)
+    copy_scaled(inverted, standard, absorb)
+    return standard, absorb
+
+
 def twin_models(
     build: Callable[..., keras.Model], arch: Mapping[str, Any], absorb: Absorb, keep_prob: float
 ) -> tuple[keras.Model, keras.Model, dict[str, float]]:
@@ -333,9 +346,8 @@ def twin_models(
     Keras's ``rate`` being ``1 - keep_prob``) or a ``{path: p}`` dict.
     """
     keras.utils.set_random_seed(0)
-    inverted, standard = build("inverted", **arch), build("standard", **arch)
-    absorb = _absorb(inverted, absorb, keep_prob)
-    copy_scaled(inverted, standard, absorb)
+    inverted = build("inverted", **arch)
+    standard, absorb = _standard_twin(build, arch, inverted, absorb, keep_prob)
     return inverted, standard, absorb
 
 
@@ -382,8 +394,7 @@ def trajectory_gaps(
     keras.utils.set_random_seed(0)
     inverted, fits = build("inverted", **arch), {}
     for name, (absorb, mapped) in twins.items():
-        standard, absorb = build("standard", **arch), _absorb(inverted, absorb, keep_prob)
-        copy_scaled(inverted, standard, absorb)
+        standard, absorb = _standard_twin(build, arch, inverted, absorb, keep_prob)
         twin_optimizer = (
             mapped_optimizer(standard, optimizer, absorb) if mapped else clone_optimizer(optimizer)
         )
