@@ -47,7 +47,7 @@ export JUPYTER_PREFER_ENV_PATH := 1
 # longest file by far but only 13 cells, last): the chapters, longest first,
 # then the many short test files, which fill the end evenly.
 PYTEST  := $(PY) -m pytest -n 2 --dist loadfile --no-loadscope-reorder
-LONGEST := chapters/10_real_data.ipynb
+LONGEST := chapters/11_real_data.ipynb
 ORDERED := $(LONGEST) $(filter-out $(LONGEST),$(CHAPTERS))
 NBVAL   := --nbval --nbval-kernel-name $(KERNEL) --nbval-cell-timeout 120 \
            --nbval-sanitize-with tests/nbval_sanitize.cfg

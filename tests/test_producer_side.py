@@ -115,7 +115,7 @@ def test_trajectory_gaps_mapped_twin_follows_and_unmapped_does_not():
         steps=steps,
         min_moved=0.01,
     )
-    assert gaps["mapped"] <= steps * 64 * 2.0**-53  # rounding, as chapter 7b bounds it
+    assert gaps["mapped"] <= steps * 64 * 2.0**-53  # rounding, as chapter 8 bounds it
     assert gaps["control"] > 1e-3  # Adam unmapped: another run
     with pytest.raises(ValueError, match="min_moved"):  # a run that hardly moves proves nothing
         ps.trajectory_gaps(

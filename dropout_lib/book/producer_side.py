@@ -215,7 +215,7 @@ def absorbing(model: keras.Model, pattern: str, keep_prob: float) -> dict[str, f
 def combine(*absorbs: Mapping[str, float]) -> dict[str, float]:
     """Merge ``{path: keep_prob}`` dicts; a variable that absorbs several dropouts takes the product.
 
-    By the absorption theorem of chapter 7b, applied once per dropout, a
+    By the absorption theorem of chapter 8, applied once per dropout, a
     projection that absorbs the factors of two dropouts is divided by both.
     """
     out: dict[str, float] = {}
@@ -254,7 +254,7 @@ def mapped_optimizer(
 
     A variable at a path of ``absorb`` is the inverted net's divided by its
     ``p`` (Keras's ``rate`` is ``1 - p``) and receives ``p`` times its
-    gradient (the corollary of chapter 7b), as a consuming kernel
+    gradient (the corollary of chapter 8), as a consuming kernel
     does, so it takes :func:`dropout_lib.mapping.to_standard` ``(optimizer, p)``;
     every other variable takes a fresh copy of ``optimizer``. Needs
     ``keras.optimizers.MultiOptimizer`` (Keras 3.15 has it).

@@ -211,7 +211,7 @@ def tanh_between_net(dtype: str = "float64") -> keras.Model:
     ``tanh(c v) != c tanh(v)``, so no rescaling of the *consuming* kernel carries
     the factor ``1/p`` through. A producer-side map does: dividing the first
     ``Dense``'s kernel and bias by ``p`` makes the dropped tensors themselves
-    equal, whatever follows (chapter 7's ``prop-absorb``, case 2; chapter 7b's
+    equal, whatever follows (chapter 7's ``prop-absorb``, case 2; chapter 8's
     ``thm-absorb-either-side``). :func:`dropout_lib.twins.mapped_twin` builds
     consumer-side maps only, so it must refuse this network.
     """
