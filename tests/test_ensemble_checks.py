@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dropout_lib.book import ensemble_checks as C
+from dropout_lib.book import publish
 from dropout_lib.theory import ensemble as E
 
 seeds = st.integers(0, 2**32 - 1)
@@ -266,16 +267,19 @@ def test_deep_ensembles_share_weights_and_measure_gaps() -> None:
 @given(st.floats(-1e3, 1e3, allow_nan=False), st.integers(0, 3))
 @settings(max_examples=200, deadline=None)
 def test_stable_floor_and_ceil_are_bounds(value, decimals):
-    try:
-        low = C.stable_floor(value, decimals, 1e-9)
-        high = C.stable_ceil(value, decimals, 1e-9)
-    except ValueError:  # near a multiple of 10**-decimals: refused, never wrong
-        return
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(publish.STORING, "1")  # storing: refuse, never round to fewer decimals
+        try:
+            low = C.stable_floor(value, decimals, 1e-9)
+            high = C.stable_ceil(value, decimals, 1e-9)
+        except ValueError:  # near a multiple of 10**-decimals: refused, never wrong
+            return
     assert low <= value <= high
     assert high - low <= 10.0**-decimals * (1 + 1e-9)
 
 
-def test_stable_floor_refuses_a_boundary():
+def test_stable_floor_refuses_a_boundary_while_storing(monkeypatch):
+    monkeypatch.setenv(publish.STORING, "1")
     with pytest.raises(ValueError):
         C.stable_floor(27.0, 0, 1e-9)
     assert C.stable_floor(26.6, 0, 1e-9) == 26.0

@@ -13,9 +13,10 @@ holds. This module decides what a stored number may be:
 * :func:`glue_rounded`: a value that varies between machines by at most a
   stated relative ``noise``, stored rounded to ``digits`` significant digits,
   and only if *no* value within that noise rounds differently. If the value
-  lies within ``noise`` of a rounding boundary the call raises, and the author
-  shows fewer digits or a bound. So when this call succeeds on one machine,
-  every machine whose value is within ``noise`` stores the same text;
+  lies within ``noise`` of a rounding boundary while the chapter is executed
+  to be stored (:data:`STORING`), the call raises, and the author shows fewer
+  digits or a bound. So a stored text is the text every machine whose value
+  is within ``noise`` stores;
 * :func:`stable_floor` and :func:`stable_ceil`: a lower or upper bound at a
   stated number of decimals, for prose that says "at least" or "within",
   where rounding to nearest could be false; the same margin rule;
@@ -27,6 +28,15 @@ holds. This module decides what a stored number may be:
 as :func:`glue_rounded`.
 
 The strict assert stays in the chapter's cell; only what is stored changes.
+
+**Who is stopped by a value near a rounding boundary.** Only the run that
+stores the chapter (``tools/execute_notebooks.py``, which sets
+:data:`STORING`): there the rounding functions raise ``ValueError``. In every
+other run (a reader who changed a number and runs the chapter in JupyterLab,
+nbval, the book build) they warn (:class:`UnstableRoundingWarning`, shown
+under the cell) and use fewer digits, so the chapter runs on. nbval still
+fails on such a value: the warning and the shorter number are outputs the
+stored chapter does not have, and nbval compares every output.
 """
 
 from __future__ import annotations
@@ -46,6 +56,7 @@ __all__ = [
     "stable_ceil",
     "stable_floor",
     "stable_text",
+    "UnstableRoundingWarning",
 ]
 
 
@@ -78,7 +89,35 @@ STORING = "DROPOUT_BOOK_STORING"
 ``2 * noise`` to the nearest rounding boundary keeps a margin of at least
 ``noise`` on any machine whose value differs by at most ``noise``, so the
 check that runs there (nbval, the book build) passes and rounds to the same
-stored number."""
+stored number. And only while it is set does a value too close to a boundary
+raise; in any other run it warns and is shown with fewer digits."""
+
+
+class UnstableRoundingWarning(UserWarning):
+    """A value too close to a rounding boundary, in a run that does not store the chapter.
+
+    Shown, for instance, when a reader changes a number and a glued value lands
+    near a boundary; the value is glued with fewer digits and the chapter runs
+    on. While storing (:data:`STORING`) the same value raises ``ValueError``.
+    """
+
+
+def _storing() -> bool:
+    return bool(os.environ.get(STORING))
+
+
+def _too_close(message: str, fallback: float, fewer: str) -> float:
+    """Raise ``ValueError(message)`` while storing; else warn, and return ``fallback``."""
+    if _storing():
+        raise ValueError(message)
+    import warnings
+
+    warnings.warn(
+        f"{message}. Not storing this run, so it continues with {fewer}.",
+        UnstableRoundingWarning,
+        stacklevel=3,
+    )
+    return fallback
 
 
 def round_stable(value: float, digits: int, noise: float, *, name: str = "value") -> float:
@@ -87,21 +126,23 @@ def round_stable(value: float, digits: int, noise: float, *, name: str = "value"
     Stable means: every ``v`` with ``|v - value| <= noise * |value|`` rounds to
     the same number. ``noise`` is the largest relative difference the chapter
     expects between correct runs on different machines (state why, next to the
-    call). Raises ``ValueError`` if ``value`` is within that distance of a
-    rounding boundary, or is not finite. When the chapter is being executed
-    to be stored (:data:`STORING` set), the margin demanded is ``2 * noise``,
-    so that every machine within ``noise`` of the stored run passes this check
-    too.
+    call). Raises ``ValueError`` if ``value`` is not finite.
+
+    If ``value`` is within that distance of a rounding boundary: while the
+    chapter is executed to be stored (:data:`STORING` set) this raises
+    ``ValueError``, and the margin demanded is ``2 * noise``, so that every
+    machine within ``noise`` of the stored run passes this check too. In any
+    other run (a reader's changed chapter, nbval, the book build) it warns
+    (:class:`UnstableRoundingWarning`) and returns the value at the most
+    digits below ``digits`` that are stable (at 1 digit if none is), so the
+    chapter runs on; nbval fails on the changed output.
 
     >>> round_stable(0.20343311779680032, 4, 1e-9)
     0.2034
     >>> round_stable(4147.099777915082, 6, 1e-9)
     4147.1
-    >>> round_stable(0.12345, 4, 1e-3)
-    Traceback (most recent call last):
-    ...
-    ValueError: value = 0.12345 is within a relative 0.001 of a rounding boundary at 4 significant
-    digits (0.1233 .. 0.1236): glue it with fewer digits, or as a bound with glue_bound
+    >>> round_stable(0.12345, 4, 1e-3)  # too close at 4 and 3 digits: a warning, 2 digits
+    0.12
     """
     value = float(value)
     if not math.isfinite(value):
@@ -111,18 +152,25 @@ def round_stable(value: float, digits: int, noise: float, *, name: str = "value"
     if not (0 <= noise < 1):
         raise ValueError(f"noise is a relative difference in [0, 1); got {noise!r}")
 
-    def rounded(v: float) -> float:
-        return float(f"{v:.{digits - 1}e}")
+    def rounded(v: float, d: int) -> float:
+        return float(f"{v:.{d - 1}e}")
 
-    margin = abs(value) * noise * (2 if os.environ.get(STORING) else 1)
-    low, mid, high = rounded(value - margin), rounded(value), rounded(value + margin)
-    if not (low == mid == high):
-        raise ValueError(
-            f"{name} = {value!r} is within a relative {margin / abs(value):g} of a rounding boundary at "
-            f"{digits} significant digits ({low:.{digits}g} .. {high:.{digits}g}): glue it with "
-            "fewer digits, or as a bound with glue_bound"
-        )
-    return mid
+    margin = abs(value) * noise * (2 if _storing() else 1)
+
+    def stable(d: int) -> bool:
+        return rounded(value - margin, d) == rounded(value, d) == rounded(value + margin, d)
+
+    if stable(digits):
+        return rounded(value, digits)
+    low, high = rounded(value - margin, digits), rounded(value + margin, digits)
+    fewer = next((d for d in range(digits - 1, 0, -1) if stable(d)), 1)
+    return _too_close(
+        f"{name} = {value!r} is within a relative {margin / abs(value):g} of a rounding boundary at "
+        f"{digits} significant digits ({low:.{digits}g} .. {high:.{digits}g}): glue it with "
+        "fewer digits, or as a bound with glue_bound",
+        rounded(value, fewer),
+        f"{fewer} significant digit(s)",
+    )
 
 
 def _stable_step(value: float, decimals: int, noise: float, up: bool) -> float:
@@ -131,16 +179,25 @@ def _stable_step(value: float, decimals: int, noise: float, up: bool) -> float:
         raise ValueError(f"value must be finite; got {value!r}.")
     if not (0 <= noise < 1):
         raise ValueError(f"noise is a relative difference in [0, 1); got {noise!r}.")
-    scale = 10.0**decimals
     step = math.ceil if up else math.floor
-    margin = abs(value) * noise * (2 if os.environ.get(STORING) else 1)
-    low, high = step((value - margin) * scale), step((value + margin) * scale)
-    if low != high:
-        raise ValueError(
-            f"value = {value!r} is within a relative {margin / abs(value):g} of a multiple of {1 / scale:g}: "
-            "its bound at this precision differs between machines; use fewer decimals"
-        )
-    return low / scale
+    margin = abs(value) * noise * (2 if _storing() else 1)
+
+    def bound(d: int) -> float | None:  # the bound at d decimals, if every value within margin agrees
+        scale = 10.0**d
+        low, high = step((value - margin) * scale), step((value + margin) * scale)
+        return low / scale if low == high else None
+
+    stable = bound(decimals)
+    if stable is not None:
+        return stable
+    # fewer decimals: still a bound of value, rounded in the same direction
+    fewer = next((d for d in range(decimals - 1, decimals - 16, -1) if bound(d) is not None), None)
+    return _too_close(
+        f"value = {value!r} is within a relative {margin / abs(value):g} of a multiple of "
+        f"{10.0**-decimals:g}: its bound at this precision differs between machines; use fewer decimals",
+        step(value * 10.0**decimals) / 10.0**decimals if fewer is None else bound(fewer),
+        "this run's bound" if fewer is None else f"{fewer} decimal(s)",
+    )
 
 
 def stable_floor(value: float, decimals: int, noise: float) -> float:
@@ -150,8 +207,10 @@ def stable_floor(value: float, decimals: int, noise: float) -> float:
     margin rule is :func:`round_stable`'s.
 
     ``floor(value * 10**decimals) / 10**decimals``, provided every ``v`` within
-    a relative ``noise`` of ``value`` gives the same number (else ``ValueError``):
-    for prose that says "at least", where a rounding up would be false.
+    a relative ``noise`` of ``value`` gives the same number (else, while
+    storing, ``ValueError``; in other runs a warning and the bound at fewer
+    decimals, which is still a lower bound): for prose that says "at least",
+    where a rounding up would be false.
 
     >>> stable_floor(26.6, 0, 1e-9)
     26.0
@@ -169,11 +228,8 @@ def stable_ceil(value: float, decimals: int, noise: float) -> float:
 
     >>> stable_ceil(1.3349, 2, 1e-9)
     1.34
-    >>> stable_ceil(2.0, 1, 1e-9)
-    Traceback (most recent call last):
-    ...
-    ValueError: value = 2.0 is within a relative 1e-09 of a multiple of 0.1: its bound at this
-    precision differs between machines; use fewer decimals
+    >>> stable_ceil(1.33, 2, 1e-9)  # at a multiple of 0.01, not storing: a warning, 1 decimal
+    1.4
     """
     return _stable_step(value, decimals, noise, up=True)
 
