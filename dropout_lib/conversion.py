@@ -826,24 +826,107 @@ class ScaledInitializer(keras.initializers.Initializer):
         return {"base": keras.initializers.serialize(self.base), "factor": self.factor}
 
 
-def map_initializer(initializer: Any, keep_prob: float, direction: Direction) -> ScaledInitializer:
+_I = keras.initializers
+
+
+def _seed(initializer: Any) -> int | None:
+    """The integer seed a random initializer draws with (``None`` means a seed generator)."""
+    seed = getattr(initializer, "seed", None)
+    return seed if isinstance(seed, int) else None
+
+
+def _plain_initializer(initializer: Any, s: float, shape: Any) -> Any:
+    """A plain Keras initializer drawing ``s`` times ``initializer``'s draws, or ``None``.
+
+    Parameters that Keras passes through ``ops.cast`` (a constant, uniform
+    bounds) are stored as ``numpy.float64`` of the value Keras uses, so the
+    float64 draws stay exact in memory.
+    """
+    kind = type(initializer)
+    if kind is _I.Zeros:
+        return _I.Zeros()
+    if kind is _I.Ones:
+        return _I.Constant(np.float64(s))
+    if kind is _I.Constant and np.ndim(initializer.value) == 0:
+        return _I.Constant(_exact(initializer.value, s))
+    seed = _seed(initializer)
+    if seed is None:
+        return None
+    if kind in (_I.RandomNormal, _I.TruncatedNormal):
+        return kind(mean=float(initializer.mean) * s, stddev=float(initializer.stddev) * s, seed=seed)
+    if kind is _I.RandomUniform:
+        return _I.RandomUniform(_exact(initializer.minval, s), _exact(initializer.maxval, s), seed=seed)
+    if kind is _I.Orthogonal:
+        return _I.Orthogonal(gain=float(initializer.gain) * s, seed=seed)
+    if isinstance(initializer, _I.VarianceScaling) and kind.__module__.startswith("keras.src."):
+        # Glorot*, He*, Lecun* are VarianceScaling with fixed arguments:
+        # std or limit ~ sqrt(scale), so scale * s**2 scales the draws by s.
+        if initializer.distribution != "uniform":
+            return _I.VarianceScaling(
+                scale=float(initializer.scale) * s**2,
+                mode=initializer.mode,
+                distribution=initializer.distribution,
+                seed=seed,
+            )
+        if shape is None:
+            return None
+        # limit = sqrt(3 scale / fan), which Keras passes through ops.cast: the
+        # bounds it uses, times s, as a RandomUniform with float64 bounds.
+        from keras.src.initializers.random_initializers import compute_fans
+
+        fan_in, fan_out = compute_fans(tuple(shape))
+        fan = {"fan_in": fan_in, "fan_out": fan_out, "fan_avg": (fan_in + fan_out) / 2.0}[initializer.mode]
+        limit = math.sqrt(3.0 * float(initializer.scale) / max(1.0, fan))
+        return _I.RandomUniform(_exact(-limit, s), _exact(limit, s), seed=seed)
+    return None
+
+
+def map_initializer(initializer: Any, keep_prob: float, direction: Direction, *, shape: Any = None) -> Any:
     """Map a consuming kernel's initialiser: ``sigma -> sigma * s`` (``sigma / p`` to standard).
 
-    Returns ``ScaledInitializer(initializer, s)``, whose draws are ``s`` times
-    the source's (same seed: the same draws, scaled), so its distribution is
-    the source's with every scale parameter times ``s`` (a normal's mean and
-    std, a uniform's bounds, a ``VarianceScaling``'s ``scale`` times ``s**2``).
-    ``s = 1/p`` to standard, ``p`` to inverted; ``keep_prob`` is ``p``, not
-    Keras's ``rate``. A seedless initializer draws new values on each call,
-    so only a seeded one gives draw-for-draw twins.
+    Returns a plain Keras initializer whose draws are ``s`` times the
+    source's (same seed: the same draws, scaled, to float64 rounding), so
+    its distribution is the source's with every scale parameter times ``s``:
+
+    ============================  ==========================================
+    source                        mapped (``s = 1/p`` to standard, ``p`` to inverted)
+    ============================  ==========================================
+    ``RandomNormal``,             ``mean * s``, ``stddev * s``
+    ``TruncatedNormal``
+    ``RandomUniform``             ``minval * s``, ``maxval * s``
+    ``VarianceScaling`` normal    ``scale * s**2`` (``He``/``Lecun``/``Glorot``
+    kinds                         normal included)
+    ``VarianceScaling`` uniform   ``RandomUniform(-limit * s, limit * s)``,
+    (``GlorotUniform``, ...)      ``limit = sqrt(3 scale / fan)`` for ``shape``
+    ``Orthogonal``                ``gain * s``
+    ``Zeros``, ``Ones``,          ``Zeros``; ``Constant(s)``; ``value * s``
+    ``Constant``
+    ============================  ==========================================
+
+    Keras passes a constant and uniform bounds through ``ops.cast``, which
+    rounds a Python float to float32: the mapped ones are stored as
+    ``numpy.float64`` (exact draws in memory); a saved model's config holds
+    them as Python floats, so a loaded model re-initialises within float32
+    rounding of those parameters (relative ``2**-24``). ``Identity`` is not
+    mapped to ``Identity(gain * s)``: Keras 3.15 drops ``gain`` from its
+    config. Any other
+    initializer, one without an integer seed, or a ``VarianceScaling``
+    uniform kind without ``shape``, maps to :class:`ScaledInitializer`
+    (registered on import of :mod:`dropout_lib.conversion`, which a fresh
+    process must import before loading such a model). ``keep_prob`` is
+    ``p``, not Keras's ``rate``.
 
     Examples
     --------
     >>> import keras
     >>> base = keras.initializers.RandomNormal(seed=1)
     >>> mapped = map_initializer(base, 0.5, "to_standard")      # draws times 1/p
+    >>> type(mapped).__name__, mapped.stddev
+    ('RandomNormal', 0.1)
     >>> bool((mapped((3,)).numpy() == 2 * keras.initializers.RandomNormal(seed=1)((3,)).numpy()).all())
     True
     """
     s = kernel_scale(keep_prob, direction)
-    return ScaledInitializer(keras.initializers.get(initializer), s)
+    initializer = keras.initializers.get(initializer)
+    plain = _plain_initializer(initializer, s, shape)
+    return plain if plain is not None else ScaledInitializer(initializer, s)

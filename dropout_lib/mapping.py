@@ -136,6 +136,8 @@ __all__ = [
     "check_untrained",
     "clone_optimizer",
     "mapped_multi_optimizer",
+    "unmapped_optimizer",
+    "FollowingLearningRate",
 ]
 
 _O = keras.optimizers
@@ -218,6 +220,55 @@ class _ScaledCallable:
 
     def __repr__(self) -> str:
         return f"_ScaledCallable({self.fn!r}, factor={self.factor!r})"
+
+
+class FollowingLearningRate:
+    """A mapped sub-optimizer's learning rate: ``factor`` times the leading optimizer's, at every step.
+
+    :func:`mapped_multi_optimizer` gives the optimizer of the consuming
+    kernels this learning rate, with the default sub-optimizer (the source's
+    optimizer, cloned) as ``leader`` and ``factor = k = lr_tgt / lr_src``
+    from the module table (SGD ``1/p**2`` to standard, Adam ``1/p``, ...).
+    Keras's learning-rate callbacks (``LearningRateScheduler``,
+    ``ReduceLROnPlateau``) set the learning rate of every sub-optimizer of a
+    ``MultiOptimizer`` to what they compute from that sub-optimizer's own
+    value; an absolute value (``lr = 0.01``, ``min_lr``) set on the consuming
+    kernels would lose the factor ``k``. So :meth:`assign` does nothing: the
+    leader receives exactly what the source's optimizer receives (the same
+    callback, the same value), and this learning rate stays ``k`` times it.
+    Setting the learning rate of the consuming kernels' sub-optimizer by hand
+    therefore has no effect: set the default sub-optimizer's.
+
+    Examples
+    --------
+    >>> import keras
+    >>> leader = keras.optimizers.SGD(0.5)
+    >>> follower = keras.optimizers.SGD(0.0)
+    >>> follower.learning_rate = FollowingLearningRate(leader, 4.0)
+    >>> leader.learning_rate = 0.25                 # e.g. by ReduceLROnPlateau
+    >>> follower.learning_rate = 0.25               # the callback sets it too: ignored
+    >>> float(follower.learning_rate)               # 4 * 0.25
+    1.0
+    """
+
+    def __init__(self, leader: keras.optimizers.Optimizer, factor: float) -> None:
+        if not (isinstance(factor, (int, float)) and math.isfinite(factor) and factor > 0):
+            raise ValueError(f"factor must be a positive finite number; got {factor!r}.")
+        self.leader = leader
+        self.factor = float(factor)
+
+    def __call__(self) -> Any:
+        return ops.multiply(ops.cast(self.leader.learning_rate, "float64"), self.factor)
+
+    def assign(self, value: Any) -> None:
+        """Ignore a value set on the follower (see the class docstring)."""
+
+    def get_config(self) -> dict[str, Any]:
+        """The leader by name (an optimizer holding it cannot be restored from a file)."""
+        return {"leader": self.leader.name, "factor": self.factor}
+
+    def __repr__(self) -> str:
+        return f"FollowingLearningRate({self.leader.name!r}, factor={self.factor!r})"
 
 
 def _scaled_learning_rate(optimizer: keras.optimizers.Optimizer, factor: float) -> Any:
@@ -488,6 +539,30 @@ _DERIVATIONS: dict[type, Callable[[Any, dict[str, Any], float], float]] = {
 }
 
 
+def _derivation(optimizer: Any) -> Callable[[Any, dict[str, Any], float], float] | None:
+    """The derivation for ``optimizer``'s class, or for the public class Keras's backend implements.
+
+    On the torch (and other) backends Keras builds its own subclass for some
+    optimizers (``keras.optimizers.SGD(...)`` is a
+    ``keras.src.backend.torch.optimizers.torch_sgd.SGD`` there): the same
+    update rule, written in the backend's ops. Such a class, defined in
+    ``keras.src.backend``, maps like the public optimizer it subclasses;
+    any other subclass has no derivation (it may override the update).
+
+    >>> import keras
+    >>> _derivation(keras.optimizers.SGD(0.1)) is _sgd
+    True
+    """
+    kind = type(optimizer)
+    if kind in _DERIVATIONS:
+        return _DERIVATIONS[kind]
+    if kind.__module__.startswith("keras.src.backend."):
+        for base in kind.__mro__[1:]:
+            if base in _DERIVATIONS:
+                return _DERIVATIONS[base]
+    return None
+
+
 def _check_muon_variables(optimizer: Any, variables: Iterable[Any] | None) -> None:
     why = (
         "Muon's Newton-Schulz step orthogonalises M / (||M||_F + 1e-7), with the "
@@ -579,7 +654,7 @@ def map_optimizer(
             initial_scale=optimizer.initial_scale,
             dynamic_growth_steps=optimizer.dynamic_growth_steps,
         )
-    derive = _DERIVATIONS.get(type(optimizer))
+    derive = _derivation(optimizer)
     if derive is None:
         raise NoExactMapError(
             f"no map derived for {type(optimizer).__module__}."
@@ -621,6 +696,91 @@ def map_optimizer(
     # gradient_accumulation_steps are linear in W or g, or act on the loss:
     # unchanged (they stay in cfg as they are).
     return _rebuild(optimizer, cfg)
+
+
+def _lr_factor(optimizer: keras.optimizers.Optimizer, keep_prob: float, direction: Direction) -> float:
+    """``k = lr_tgt / lr_src`` of the map (the module table's learning-rate column)."""
+    derive = _derivation(optimizer)
+    assert derive is not None  # map_optimizer has refused the others
+    return float(derive(optimizer, _base_config(optimizer), kernel_scale(keep_prob, direction)))
+
+
+_OTHER: dict[str, Direction] = {"to_standard": "to_inverted", "to_inverted": "to_standard"}
+
+
+def _same_hyperparameters(a: keras.optimizers.Optimizer, b: keras.optimizers.Optimizer) -> bool:
+    if _derivation(a) is not _derivation(b) or type(a) is not type(b):
+        return False
+    ca, cb = _base_config(a), _base_config(b)
+    for config in (ca, cb):
+        config.pop("learning_rate")
+    if set(ca) != set(cb):
+        return False
+    for key, va in ca.items():
+        vb = cb[key]
+        if isinstance(va, (int, float)) and isinstance(vb, (int, float)) and not isinstance(va, bool):
+            if not math.isclose(float(va), float(vb), rel_tol=1e-12, abs_tol=0.0):
+                return False
+        elif va != vb:
+            return False
+    lr_a = float(ops.convert_to_numpy(a.learning_rate))
+    lr_b = float(ops.convert_to_numpy(b.learning_rate))
+    return math.isclose(lr_a, lr_b, rel_tol=1e-12, abs_tol=0.0)
+
+
+def unmapped_optimizer(
+    optimizer: keras.optimizers.Optimizer,
+    model: keras.Model,
+    direction: Direction,
+) -> keras.optimizers.Optimizer:
+    """The one optimizer a ``MultiOptimizer`` from :func:`mapped_multi_optimizer` was mapped from.
+
+    ``optimizer`` trains ``model``, whose consuming kernels (keep probability
+    ``p``) it trains with ``map_optimizer(D, p, other)`` and every other
+    variable with its default sub-optimizer ``D``, ``other`` being the
+    direction opposite to ``direction``: ``model`` is then itself the
+    conversion of a model trained with ``D``, and converting it back in
+    ``direction`` needs ``D`` on every variable (the maps are inverse:
+    ``k(p, 'to_standard') k(p, 'to_inverted') = 1``). Returns ``D``, the
+    original hyperparameters, not the twice-rounded map of a map.
+
+    Raises
+    ------
+    TypeError
+        If ``optimizer`` is a ``MultiOptimizer`` of another form (a callable
+        selector, consuming kernels on anything but the inverse map of the
+        default, other variables on other optimizers): pass the one optimizer
+        that trains the source model.
+    """
+    _check_optimizer_instance(optimizer)
+    check_untrained(optimizer)
+    other = _OTHER[check_direction(direction)]
+    selector = optimizer._optimizer_map
+    default = getattr(selector, "default_optimizer", None)
+    shape = (
+        "convert_model maps ONE optimizer; it takes a MultiOptimizer only in the form "
+        "convert_model returns (a keras.optimizers.OptimizerMap whose default optimizer "
+        "trains every variable except the consuming kernels, which are on its map "
+        f"in the direction {other!r}), to convert back. Pass the optimizer that "
+        "trains the source model instead."
+    )
+    if default is None or not isinstance(selector, _O.OptimizerMap):
+        raise TypeError(f"{optimizer.name} has no OptimizerMap with a default optimizer. {shape}")
+    kernels = {id(v): c.keep_prob for c in dropout_consumers(model) for v in c.variables}
+    for variable in model.trainable_variables:
+        sub = selector(variable)
+        if id(variable) not in kernels:
+            if sub is not default:
+                raise TypeError(f"variable {variable.path!r} is not on the default optimizer. {shape}")
+            continue
+        expected = map_optimizer(default, kernels[id(variable)], other)
+        if not _same_hyperparameters(sub, expected):
+            raise TypeError(
+                f"the consuming kernel {variable.path!r} is on {sub.name}, which is not the "
+                f"map of the default optimizer ({default.name}) with keep_prob "
+                f"{kernels[id(variable)]}. {shape}"
+            )
+    return default
 
 
 def to_standard(
@@ -814,7 +974,11 @@ def mapped_multi_optimizer(
             continue
         if p not in by_keep_prob:
             all_vars = [v for q, vs in groups if q == p for v in vs if v.trainable]
-            by_keep_prob[p] = map_optimizer(optimizer, p, direction, variables=all_vars)
+            mapped = map_optimizer(optimizer, p, direction, variables=all_vars)
+            if isinstance(default._learning_rate, keras.Variable):
+                # Keras's callbacks set every sub-optimizer: follow the default's.
+                mapped.learning_rate = FollowingLearningRate(default, _lr_factor(optimizer, p, direction))
+            by_keep_prob[p] = mapped
         for v in trainable:
             if id(v) in optimizer_for:
                 continue

@@ -61,8 +61,12 @@ layer draws, to check that two layers draw the same ones.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import math
+import re
+import tempfile
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -84,12 +88,18 @@ from dropout_lib.conversion import (
 )
 from dropout_lib.exact import mlp
 from dropout_lib.layers import StandardDropout
-from dropout_lib.mapping import check_untrained, clone_optimizer, mapped_multi_optimizer
+from dropout_lib.mapping import (
+    check_untrained,
+    clone_optimizer,
+    mapped_multi_optimizer,
+    unmapped_optimizer,
+)
 from dropout_lib.reference import relative_difference
 from dropout_lib.validation import (
     Direction,
     NoExactMapError,
     NotConvertibleError,
+    NothingToConvertWarning,
     Variant,
     check_variant,
     direction_to,
@@ -255,7 +265,21 @@ def share_masks(source: keras.Model, target: keras.Model) -> None:
         if (gen_a is None) != (gen_b is None):
             raise ValueError(f"dropout {a.name!r} and {b.name!r}: only one has a seed generator.")
         if gen_a is not None:
-            gen_b.state.assign(gen_a.state.value)
+            _copy_state(gen_a, gen_b)
+
+
+def _copy_state(source: Any, target: Any) -> None:
+    """Give ``target``'s generator the value of ``source``'s state in a buffer of its own.
+
+    Assigning the source's array itself would make both variables hold one
+    buffer, which JAX donates to (and deletes after) the source's jitted
+    training step; a numpy copy is a new buffer with the same value.
+    """
+    target.state.assign(np.array(keras.ops.convert_to_numpy(source.state.value)))
+
+
+def _seed_generators(layer: keras.layers.Layer) -> list[Any]:
+    return [g for sub in layer._flatten_layers(include_self=True) for g in sub._seed_generators]
 
 
 _NOT_BERNOULLI = (_L.GaussianDropout, _L.AlphaDropout)
@@ -310,6 +334,94 @@ def _hidden_dropouts(model: keras.Model, *, strict: bool) -> None:
                 "Build the model with the inner layers in the outer graph (call them "
                 f"on the outer tensors), or {KEEP_THE_VARIANT}."
             )
+
+
+_RANDOM_SOURCE = re.compile(r"random|SeedGenerator")
+
+
+def _is_keras_layer(layer: Any) -> bool:
+    """A layer class of Keras's own ``keras.layers`` (``Lambda`` runs user code: not counted)."""
+    return type(layer).__module__.startswith("keras.src.layers.") and not isinstance(layer, _L.Lambda)
+
+
+def _unknown_random_layers(model: keras.Model) -> None:
+    """Refuse a layer that may draw random numbers and is not a dropout this module swaps.
+
+    Such a layer (a stochastic-depth or drop-path layer such as ConvNeXt's
+    ``StochasticDepth``, which computes ``x / keep_prob * floor(keep_prob + U)``)
+    would be copied unchanged: it would stay in Keras's inverted variant while
+    the rest changes, and its draws (unseeded, or from a generator of its own)
+    could not be shared with the source's. Keras's own random layers
+    (``GaussianNoise``, the ``Random*`` augmentation layers) are known: the
+    clone gets copies of their generator states, so they draw what the
+    source's draw; where a dropped tensor reaches them the walk refuses them.
+    Any other layer counts as random when it (or a sublayer) holds a
+    ``keras.random.SeedGenerator`` or its source code mentions ``random``; a
+    layer whose source cannot be read is refused too (nothing shows it
+    deterministic).
+    """
+    for layer in model._flatten_layers(include_self=False):
+        if _is_dropout(layer) or isinstance(layer, keras.Model) or _is_keras_layer(layer):
+            continue
+        if layer._seed_generators:
+            why = "it holds a keras.random.SeedGenerator"
+        else:
+            code = layer.function if isinstance(layer, _L.Lambda) else type(layer)
+            try:
+                source = inspect.getsource(code)
+            except (OSError, TypeError):
+                why = "its source code cannot be read to show that it draws no random numbers"
+            else:
+                if not _RANDOM_SOURCE.search(source):
+                    continue
+                why = "its source code calls a random function"
+        raise NotConvertibleError(
+            f"layer {layer.name!r} ({type(layer).__name__}) may draw random numbers ({why}) "
+            "and is not a dropout this conversion knows how to swap: it would be copied "
+            "unchanged, so a stochastic-depth or drop-path layer would stay in Keras's "
+            "inverted variant (x / keep_prob * mask) while the rest changes, and its draws "
+            "would not be shared with the source's. For a per-sample drop path use "
+            "keras.layers.Dropout(rate, noise_shape=(None, 1, ..., 1), seed=...) (a "
+            "seeded, swappable layer; on a residual branch it has no consumer-side map "
+            f"yet), or {KEEP_THE_VARIANT}."
+        )
+
+
+def _share_other_generators(source: keras.Model, target: keras.Model) -> None:
+    """Copy the generator states of every non-dropout layer (``GaussianNoise``, ``Random*``)."""
+    for a, b in zip(source._flatten_layers(include_self=False), target._flatten_layers(include_self=False)):
+        if _is_dropout(a) or _is_dropout(b):
+            continue
+        if len(a._seed_generators) != len(b._seed_generators):
+            raise ValueError(f"layer {a.name!r} and its clone hold different numbers of seed generators.")
+        for gen_a, gen_b in zip(a._seed_generators, b._seed_generators):
+            _copy_state(gen_a, gen_b)
+
+
+def _copy_lookup_state(layer: keras.layers.Layer, new: keras.layers.Layer) -> None:
+    """Copy state a config does not hold (an adapted vocabulary) into a clone, or refuse.
+
+    Lookup layers (``StringLookup``, ``IntegerLookup``, ``TextVectorization``)
+    keep their adapted vocabulary in a table that is neither a weight nor part
+    of the config; Keras's own saving moves it with ``save_own_variables``/
+    ``save_assets``, and so does this.
+    """
+    if not (hasattr(layer, "save_assets") and hasattr(new, "load_assets")):
+        return
+    try:
+        store: dict[str, Any] = {}
+        layer.save_own_variables(store)
+        new.load_own_variables(store)
+        with tempfile.TemporaryDirectory() as directory:
+            layer.save_assets(directory)
+            new.load_assets(directory)
+    except Exception as error:  # noqa: BLE001 - any failure: refuse, naming the layer
+        raise NotConvertibleError(
+            f"layer {layer.name!r} ({type(layer).__name__}) keeps state outside its weights "
+            f"and config (e.g. an adapted vocabulary), and copying it failed ({error}); the "
+            f"clone would lose it. Convert a model without it (apply it to the data "
+            f"first), or {KEEP_THE_VARIANT}."
+        ) from error
 
 
 def twin(model: keras.Model, variant: Variant) -> keras.Model:
@@ -380,11 +492,13 @@ def _clone(model: keras.Model, variant: Variant, mapped: dict[int, dict[str, Any
         new = layer.__class__.from_config(layer.get_config())
         for key, value in mapped.get(id(layer), {}).items():
             setattr(new, key, value)
+        _copy_lookup_state(layer, new)
         return new
 
     out = keras.models.clone_model(model, clone_function=clone)
     out.set_weights(model.get_weights())
     share_masks(model, out)
+    _share_other_generators(model, out)
     return out
 
 
@@ -415,7 +529,10 @@ def _mapped_hyperparameters(consumers: Sequence[Consumer], direction: Direction)
             if source is None and layer.get_config().get(key) is not None:
                 source = kind.get(layer.get_config()[key])
             try:
-                attributes[key] = mapper(source, p, direction)
+                if suffix == "initializer":
+                    attributes[key] = mapper(source, p, direction, shape=consumer.variables[0].shape)
+                else:
+                    attributes[key] = mapper(source, p, direction)
             except NoExactMapError as error:
                 raise NotConvertibleError(
                     f"layer {layer.name!r} ({type(layer).__name__}): its {key} has no exact map: {error}"
@@ -569,6 +686,7 @@ def convert_model(
     except (TypeError, ValueError) as error:
         raise NotConvertibleError(str(error)) from error
     _hidden_dropouts(model, strict=True)
+    _unknown_random_layers(model)
     for layer in dropout_layers(model):
         try:
             kind = _variant_of(layer)
@@ -581,14 +699,25 @@ def convert_model(
                 f"dropouts are all of the other variant."
             )
     consumers = dropout_consumers(model)
+    if optimizer is None:
+        optimizer = getattr(model, "optimizer", None)
+    returned = False
+    if isinstance(optimizer, keras.optimizers.MultiOptimizer):
+        # one convert_model returned: converting back needs its default optimizer everywhere
+        optimizer, returned = unmapped_optimizer(optimizer, model, direction), True
+    if not dropout_layers(model):
+        warnings.warn(
+            f"model {model.name!r} has no dropout layer: convert_model returns a copy "
+            "(same layers, weights and optimizer); nothing was converted.",
+            NothingToConvertWarning,
+            stacklevel=2,
+        )
     out = _clone(model, variant, _mapped_hyperparameters(consumers, direction))
     out.set_weights(converted_weights(model, direction))
     share_masks(model, out)
     if optimizer is None:
-        optimizer = getattr(model, "optimizer", None)
-    if optimizer is None:
         mapped = None
-    elif consumers:
+    elif consumers and not returned:
         mapped = mapped_multi_optimizer(out, optimizer, direction)  # refuses a trained one
     else:
         check_untrained(optimizer)  # its state would not carry over to the clone

@@ -36,6 +36,7 @@ __all__ = [
     "Direction",
     "NoExactMapError",
     "NotConvertibleError",
+    "NothingToConvertWarning",
     "Variant",
     "check_direction",
     "check_keep_prob",
@@ -62,6 +63,21 @@ class NoExactMapError(ValueError):
     Examples
     --------
     >>> issubclass(NoExactMapError, ValueError)
+    True
+    """
+
+
+class NothingToConvertWarning(UserWarning):
+    """:func:`dropout_lib.twins.convert_model` was given a model without a dropout layer.
+
+    The result is a copy of the model (and of its optimizer): a conversion
+    that changes nothing says so, because a model whose randomness sits in
+    layers the conversion does not swap would otherwise come back looking
+    "converted".
+
+    Examples
+    --------
+    >>> issubclass(NothingToConvertWarning, UserWarning)
     True
     """
 
