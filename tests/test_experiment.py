@@ -31,45 +31,36 @@ WRONG = 1e-3  # a different model: off by O(1 - p)
 
 
 SEEDS = (3, 5)
-# The pilot at two learning rates, SMALL's second, on the experiment's seeds: its
-# run at SMALL's rate is run_experiment(SMALL, [3, 5]), the experiment the tests
-# below read. Recording the pilot's run_experiment calls, and the FourWays each
-# builds, trains the four nets at SMALL's rate once rather than again (building
-# and tracing four nets costs ~3 s of CPU per FourWays); the reuse test reruns a
-# seed on the recorded FourWays instead of building a third one.
+# The pilot's learning rates: SMALL's and another one. Its run at SMALL's rate must
+# give the inverted net's final held-out losses of run_experiment(SMALL, SEEDS).
 PILOT_RATES = (2.0**-9, SMALL.learning_rate)
 
 
 @pytest.fixture(scope="module")
-def pilot_run() -> tuple[E.Pilot, list[E.Experiment], list[E.FourWays]]:
-    """The pilot, its run_experiment calls in order, and the FourWays each of them trained."""
-    calls: list[E.Experiment] = []
+def trained() -> tuple[E.Experiment, E.FourWays]:
+    """``run_experiment(SMALL, seeds=[3, 5])`` and the FourWays it trained (for the reuse test).
+
+    Recording the FourWays that run_experiment builds lets the reuse test rerun a
+    seed on it instead of building a second one (building and tracing four nets
+    costs ~3 s of CPU).
+    """
     trainers: list[E.FourWays] = []
-    run_experiment = E.run_experiment
 
     class RecordedFourWays(E.FourWays):
         def __init__(self, config: E.Config) -> None:
             super().__init__(config)
             trainers.append(self)
 
-    def recorded(config, seeds):
-        calls.append(run_experiment(config, seeds))
-        return calls[-1]
-
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(E, "run_experiment", recorded)
         mp.setattr(E, "FourWays", RecordedFourWays)
-        p = E.pilot(SMALL, PILOT_RATES, seeds=SEEDS)
-    return p, calls, trainers
+        run = E.run_experiment(SMALL, SEEDS)
+    assert run.config == SMALL and run.seeds == SEEDS and len(trainers) == 1
+    return run, trainers[0]
 
 
 @pytest.fixture(scope="module")
-def experiment(pilot_run) -> E.Experiment:
-    """``run_experiment(SMALL, seeds=[3, 5])``, as the pilot called it at SMALL's rate."""
-    _, calls, _ = pilot_run
-    run = calls[PILOT_RATES.index(SMALL.learning_rate)]
-    assert run.config == SMALL and run.seeds == SEEDS
-    return run
+def experiment(trained) -> E.Experiment:
+    return trained[0]
 
 
 # ----------------------------------------------------------------- the run
@@ -102,10 +93,10 @@ def test_curves_shapes_and_start(experiment):
             assert r.runs[w].train_loss[-1] < r.runs[w].train_loss[0], w
 
 
-def test_reused_nets_train_exactly_like_fresh_ones(experiment, pilot_run):
+def test_reused_nets_train_exactly_like_fresh_ones(experiment, trained):
     """FourWays.reset gives the state of freshly built nets: seed 3, first trained on freshly
     built nets, trained again on the same nets after seeds 3 and 5."""
-    trainer = pilot_run[2][PILOT_RATES.index(SMALL.learning_rate)]
+    trainer = trained[1]
     assert trainer.config == SMALL
     fresh = experiment.results[0]
     assert (fresh.seed, experiment.results[1].seed) == SEEDS  # run_experiment trains in this order
@@ -279,20 +270,21 @@ def test_chapter_summaries(experiment):
     assert (numbers["p_in"], numbers["rate_in"], numbers["n_seeds"]) == (0.8, 0.2, 2)
 
 
-def test_pilot_reruns_and_chooses(pilot_run):
-    """A tiny pilot: two learning rates, two seeds; the rule picks the lower held-out loss."""
-    p, calls, _ = pilot_run
-    assert p.test_loss.shape == (2, 4, len(p.steps)) and p.seeds == SEEDS
+def test_pilot_trains_keras_net_as_the_experiment_does_and_chooses(experiment):
+    """A tiny pilot: two learning rates, two seeds; at SMALL's rate its losses are the
+    experiment's inverted net's, bit for bit; the rule picks the lower mean held-out loss."""
+    p = E.pilot(SMALL, PILOT_RATES, seeds=SEEDS)
+    assert p.final_loss.shape == (2, 2) and p.seeds == SEEDS
     assert p.learning_rates == PILOT_RATES
-    assert p.chosen == p.learning_rates[int(np.argmin(p.final("inverted")))]
-    # the pilot is run_experiment at each rate, on its seeds: the same numbers, averaged
-    assert [c.config for c in calls] == [
-        E.Config(**{**SMALL.__dict__, "learning_rate": lr}) for lr in PILOT_RATES
-    ]
-    assert all(c.seeds == SEEDS for c in calls)
-    for k, c in enumerate(calls):
-        np.testing.assert_array_equal(p.test_loss[k], c.curve("test_loss").mean(axis=0))
-        np.testing.assert_array_equal(p.train_loss[k], c.curve("train_loss").mean(axis=0))
-    assert not np.array_equal(p.test_loss[0], p.test_loss[1])  # the learning rate is used
+    k = PILOT_RATES.index(SMALL.learning_rate)
+    inverted = experiment.final("test_loss")[:, E.WAYS.index("inverted")]
+    np.testing.assert_array_equal(p.final_loss[k], inverted)
+    assert np.all(p.final_loss[0] != p.final_loss[1])  # the learning rate is used
+    np.testing.assert_array_equal(p.mean_final(), p.final_loss.mean(axis=1))
+    assert p.chosen == PILOT_RATES[int(np.argmin(p.mean_final()))]
     with pytest.raises(ValueError, match="learning_rates"):
         E.pilot(SMALL, [])
+    with pytest.raises(ValueError, match="learning rate"):
+        E.pilot(SMALL, [0.0])
+    with pytest.raises(ValueError, match="seeds"):
+        E.pilot(SMALL, [0.01], seeds=[1, 1])
