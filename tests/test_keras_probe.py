@@ -289,3 +289,114 @@ def test_uniform_grid():
 def test_mean_output_z_tells_x_from_px():
     z, z_unscaled = kp.mean_output_z(0.3, normal((6,), seed=2), 5000, seed=1)
     assert np.abs(z).max() < 5 < np.abs(z_unscaled).min()
+
+
+# --------------------------------------------------------------------------- #
+# the exact mean in ulps (prop-keras-mean-ulps)
+# --------------------------------------------------------------------------- #
+
+
+def _mean_ulps_by_formula(x: np.ndarray, rate: float) -> list:
+    """(p fl(x s) - x) / ulp(x) with numpy's product: the proposition's left side."""
+    from fractions import Fraction
+
+    s = kp.inverted_scale(rate, x.dtype)
+    p = Fraction(1.0 - rate)
+    return [
+        (p * Fraction(float(xi * s)) - Fraction(float(xi))) / Fraction(float(np.spacing(abs(xi)))) for xi in x
+    ]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_mean_ulp_bound_below_two_for_every_rate_on_a_grid(dtype):
+    bounds = [kp.mean_ulp_bound(k / 1000, dtype) for k in range(1, 1000)]
+    assert max(bounds) < 2
+    assert max(bounds) > 1.9  # and the general bound 2 is nearly reached by some rate
+    assert kp.mean_ulp_bound(0.5, dtype) == 0  # s = 2: the mean is x exactly
+
+
+@FAST
+@given(rate=rates, dtype=dtypes, seed=seeds)
+def test_mean_within_bound_for_numpy_products(rate, dtype, seed):
+    x = kp.binade_inputs(256, dtype, np.random.default_rng(seed))
+    bound = kp.mean_ulp_bound(rate, dtype)
+    assert max(abs(d) for d in _mean_ulps_by_formula(x, rate)) <= bound < 2
+
+
+def test_issue_example_is_two_ulps_after_rounding():
+    """rate 0.05, x = 3940.8515625 in float64: 1.805 ulps, so fl(mean) is 2 floats away."""
+    from fractions import Fraction
+
+    x = np.array([3940.8515625])
+    (d,) = _mean_ulps_by_formula(x, 0.05)
+    assert -2 < d < -1.8
+    mean = float(Fraction(0.95) * Fraction(float(x[0] * kp.inverted_scale(0.05, "float64"))))
+    assert (x[0] - mean) / np.spacing(x[0]) == 2
+    # the reference's division: within one ulp
+    assert abs(Fraction(0.95) * Fraction(float(x[0] / 0.95)) - Fraction(x[0])) < Fraction(
+        float(np.spacing(x[0]))
+    )
+
+
+def test_mean_ulp_distances_on_keras_and_the_fast_maximum_agree():
+    for dtype in ("float32", "float64"):
+        x = kp.binade_inputs(300, dtype, np.random.default_rng(1))
+        for rate in (0.05, 0.3, 0.8):
+            y = np.asarray(keras.layers.Dropout(rate, seed=2, dtype=dtype)(x, training=True))
+            d = kp.mean_ulp_distances(x, y, rate)
+            assert len(d) == np.count_nonzero(y)
+            assert max(abs(v) for v in d) == kp.max_abs_mean_ulp(x, y, rate)
+            assert max(abs(v) for v in d) <= kp.mean_ulp_bound(rate, dtype)
+            p_grid = kp.mask_keep_prob(float(np.dtype(dtype).type(rate)), 2**23)
+            fast = kp.max_abs_mean_ulp(x, y, rate, p_grid)
+            assert max(abs(v) for v in kp.mean_ulp_distances(x, y, rate, p_grid)) == fast
+
+
+def test_measure_mean_ulps_within_bounds_and_control_fails():
+    x = kp.binade_inputs(512, "float32", np.random.default_rng(3))
+    res = kp.measure_mean_ulps(0.2, "float32", x, seed=4)
+    assert res.max_ulp <= res.bound < 2
+    assert res.max_ulp_grid <= res.bound_grid
+    assert res.max_ulp_nudged > res.bound  # an output one ulp off breaks the bound
+    assert 0 < res.n_kept < x.size
+    table = kp.mean_ulps_table([res])
+    assert table.splitlines()[0].split()[:4] == ["rate", "p", "dtype", "kept"]
+    assert "0.2" in table and "float32" in table
+
+
+def test_wrong_scale_breaks_the_bound():
+    """Scaling by s (1 + 4u) instead of s moves the mean by about 4 ulps: the check fails."""
+    x = kp.binade_inputs(512, "float32", np.random.default_rng(5))
+    s = kp.inverted_scale(0.3, "float32")
+    wrong = x * np.float32(s * (1 + 4 * 2.0**-24))
+    assert kp.max_abs_mean_ulp(x, wrong, 0.3) > kp.mean_ulp_bound(0.3, "float32")
+
+
+def test_mask_keep_prob_matches_float16_finding_and_float32_grid():
+    from fractions import Fraction
+
+    assert kp.mask_keep_prob(float(np.float16(0.8)), 2**10) == Fraction(205, 1024)
+    assert kp.mask_keep_prob(0.5, 2**23) == Fraction(1, 2)
+    p_grid = kp.mask_keep_prob(float(np.float32(0.3)), 2**23)
+    assert abs(p_grid - Fraction(7, 10)) < Fraction(1, 2**23)
+
+
+def test_binade_inputs_are_exact_and_topped():
+    for dtype in ("float32", "float64"):
+        x = kp.binade_inputs(100, dtype, np.random.default_rng(0))
+        t = np.finfo(dtype).nmant + 1
+        assert x.dtype == np.dtype(dtype) and x.size == 200 and np.all(x != 0)
+        assert x[100] == 2 - 2.0 ** (1 - t)  # the largest float below 2
+        assert np.all(np.diff(x[100:]) < 0)
+
+
+def test_mean_ulp_functions_refuse_bad_input():
+    x = np.array([1.0, 0.0])
+    with pytest.raises(ValueError, match="nonzero"):
+        kp.mean_ulp_distances(x, x, 0.3)
+    with pytest.raises(ValueError, match="nonzero"):
+        kp.max_abs_mean_ulp(x, x, 0.3)
+    with pytest.raises(ValueError, match="must match"):
+        kp.mean_ulp_distances(np.ones(2), np.ones(2, "float32"), 0.3)
+    with pytest.raises(ValueError, match="rate = 0"):
+        kp.mean_ulp_bound(0.0, "float32")

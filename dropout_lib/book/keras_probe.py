@@ -33,6 +33,7 @@ import sys
 import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,16 @@ __all__ = [
     "next_uniforms",
     "uniform_grid",
     "mean_output_z",
+    "keras_keep_prob",
+    "mean_ulp_bound",
+    "mask_keep_prob",
+    "mean_ulp_bound_grid",
+    "mean_ulp_distances",
+    "max_abs_mean_ulp",
+    "binade_inputs",
+    "MeanUlps",
+    "measure_mean_ulps",
+    "mean_ulps_table",
     "TrainingFlagRecorder",
     "flags_passed_by",
     "PROBE_KINDS",
@@ -498,6 +509,276 @@ def mean_output_z(rate: float, x: ArrayLike, n_draws: int, seed: int) -> tuple[N
     x64 = xa.astype(np.float64)
     se = np.abs(x64) * np.sqrt(r / (1 - r)) / np.sqrt(n_draws)
     return (mean - x64) / se, ((1 - r) * x64 - x64) / se
+
+
+# --------------------------------------------------------------------------- #
+# The exact mean of Keras's training output, in ulps of x
+# --------------------------------------------------------------------------- #
+
+
+def _unit_roundoff(dtype: DTypeLike) -> Fraction:
+    """``u = 2**-t`` for a float dtype with ``t`` significand bits (float32: 2**-24)."""
+    return Fraction(1, 2 ** (np.finfo(_float_dtype(dtype)).nmant + 1))
+
+
+def keras_keep_prob(rate: float) -> float:
+    """Keras's ``keep_prob = 1 - rate``, computed in Python: the double ``fl64(1 - rate)``.
+
+    It is the ``p`` of ``scale = 1 / keep_prob`` in TensorFlow's ``_dropout``
+    (see :func:`inverted_scale`). It equals the real ``1 - rate`` when
+    ``rate >= 1/2`` (Sterbenz) and is within ``2**-54`` of it otherwise.
+    """
+    return 1.0 - _check_rate(rate)
+
+
+def mean_ulp_bound(rate: float, dtype: DTypeLike) -> Fraction:
+    """The proved bound ``beta`` on ``|p fl_D(x s) - x| / ulp(x)`` for Keras's ``rate``, exact.
+
+    With ``p = keras_keep_prob(rate)``, ``s = inverted_scale(rate, dtype)``,
+    ``gamma = p s - 1`` (exact) and ``u`` the unit roundoff of ``dtype``:
+
+    ``beta = p * 2**(K - 1) + |gamma| (1 - u) / u``,  ``K = floor(log2 s) + 1``,
+
+    where the first term (the rounding of ``x s``, at most half an ulp of
+    ``x s`` times ``p``) is 0 when ``s`` is a power of two (``x s`` is then
+    exact). It holds for every float ``x != 0`` of ``dtype`` for which ``x``
+    and ``x s`` are normal (no overflow, no underflow), under round to
+    nearest; and ``beta < 2`` for every rate in ``(0, 1)`` in float32 and
+    float64 (chapter 2, ``prop-keras-mean-ulps``).
+    """
+    r = _check_rate(rate)
+    if r == 0:
+        raise ValueError("rate = 0: Dropout returns x itself and the mean is x exactly.")
+    u = _unit_roundoff(dtype)
+    p = Fraction(keras_keep_prob(r))
+    s = Fraction(float(inverted_scale(r, dtype)))
+    gamma = p * s - 1
+    k = math.floor(math.log2(s))  # exact: s is a float, log2 of a power of two is exact
+    if Fraction(2) ** k > s:  # guard the float log2 near a power of two
+        k -= 1
+    elif Fraction(2) ** (k + 1) <= s:
+        k += 1
+    rounding = 0 if s == Fraction(2) ** k else p * Fraction(2) ** k  # p 2**(K-1), K = k + 1
+    return rounding + abs(gamma) * (1 - u) / u
+
+
+def mask_keep_prob(rate: float, grid: int) -> Fraction:
+    """The keep probability of Keras's mask when its uniforms are ``k / grid``, exact.
+
+    Keras keeps a unit when ``v >= fl_D(rate)`` (:func:`next_uniforms`), with
+    ``v`` uniform on ``{0, 1/G, ..., (G-1)/G}`` (:func:`uniform_grid`: ``G =
+    2**23`` in float32, ``2**52`` in float64, ``2**10`` in float16). So it keeps
+    with probability ``(G - ceil(fl_D(rate) G)) / G``, which differs from
+    ``1 - rate`` by less than ``1 / G``. ``rate`` here must already be
+    ``fl_D(rate)`` as a float (e.g. ``float(np.float32(rate))``).
+    """
+    threshold = Fraction(float(rate))
+    return Fraction(grid - math.ceil(threshold * grid), grid)
+
+
+def mean_ulp_distances(
+    x: ArrayLike, y: Any, rate: float, keep_prob: Fraction | float | None = None
+) -> list[Fraction]:
+    """Signed distances ``(p y_i - x_i) / ulp(x_i)`` over kept entries, in exact arithmetic.
+
+    ``y`` is a training output of ``keras.layers.Dropout(rate)`` on ``x`` (same
+    dtype, ``x`` without zeros, so ``y_i != 0`` exactly where a unit was kept).
+    For a kept unit, ``p y_i`` is the exact mean of that unit's output over
+    masks that keep it with probability ``p`` (a dropped unit contributes 0):
+    the mean is computed from Keras's own kept value, not from a formula.
+    ``ulp(x)`` is the gap from ``|x|`` to the next larger float of ``x``'s
+    dtype. ``p`` defaults to :func:`keras_keep_prob`; pass
+    :func:`mask_keep_prob` for the sampler's own keep probability.
+    """
+    xa = np.asarray(x)
+    ya = _as_numpy(y)
+    _float_dtype(xa.dtype)
+    if ya.shape != xa.shape or ya.dtype != xa.dtype:
+        raise ValueError(f"y ({ya.shape}, {ya.dtype}) must match x ({xa.shape}, {xa.dtype}).")
+    if np.any(xa == 0) or not np.all(np.isfinite(xa)):
+        raise ValueError("x must be finite and nonzero: a dropped unit and a zero look alike.")
+    p = Fraction(keras_keep_prob(rate) if keep_prob is None else keep_prob)
+    kept = ya != 0
+    xs, ys = xa[kept].astype(np.float64), ya[kept].astype(np.float64)
+    ulps = np.spacing(np.abs(xa[kept])).astype(np.float64)  # powers of two, exact
+    return [
+        (p * Fraction(yi) - Fraction(xi)) / Fraction(ui)
+        for xi, yi, ui in zip(xs.tolist(), ys.tolist(), ulps.tolist())
+    ]
+
+
+def mean_ulp_bound_grid(rate: float, dtype: DTypeLike, grid: int) -> Fraction:
+    """:func:`mean_ulp_bound` plus what the sampler's keep probability adds, exact.
+
+    With ``p_G = mask_keep_prob(fl_D(rate), grid)`` in place of ``p``, the mean
+    ``p_G fl_D(x s)`` moves by ``|p_G - p| |fl_D(x s)| <= |p_G - p| s (1 + u) |x|``,
+    and ``|x| / ulp(x) <= (1 - u) / u``: the bound grows by
+    ``|p_G - p| s (1 - u**2) / u``.
+    """
+    dt = _float_dtype(dtype)
+    u = _unit_roundoff(dt)
+    p = Fraction(keras_keep_prob(rate))
+    p_grid = mask_keep_prob(float(dt.type(rate)), grid)
+    s = Fraction(float(inverted_scale(rate, dt)))
+    return mean_ulp_bound(rate, dt) + abs(p_grid - p) * s * (1 - u * u) / u
+
+
+def max_abs_mean_ulp(
+    x: ArrayLike, y: Any, rate: float, keep_prob: Fraction | float | None = None
+) -> Fraction:
+    """``max_i |p y_i - x_i| / ulp(x_i)`` over kept entries: :func:`mean_ulp_distances`, faster.
+
+    The same exact value (0 when nothing is kept), computed with Python
+    integers: every float is ``n / 2**k``, so ``(p y - x) / ulp(x)`` is an
+    integer times a power of two, and the largest one is found by comparing
+    integers shifted to a common exponent. No rounding anywhere.
+    """
+    xa = np.asarray(x)
+    ya = _as_numpy(y)
+    _float_dtype(xa.dtype)
+    if ya.shape != xa.shape or ya.dtype != xa.dtype:
+        raise ValueError(f"y ({ya.shape}, {ya.dtype}) must match x ({xa.shape}, {xa.dtype}).")
+    if np.any(xa == 0) or not np.all(np.isfinite(xa)):
+        raise ValueError("x must be finite and nonzero: a dropped unit and a zero look alike.")
+    p = Fraction(keras_keep_prob(rate) if keep_prob is None else keep_prob)
+    pn, pk = p.numerator, p.denominator.bit_length() - 1  # p = pn / 2**pk
+    if p.denominator != 1 << pk:
+        raise ValueError(f"keep_prob must be a dyadic rational (a float); got {p}.")
+    kept = ya != 0
+    xs, ys = xa[kept].astype(np.float64), ya[kept].astype(np.float64)
+    ulps = np.spacing(np.abs(xa[kept])).astype(np.float64)
+    best_n, best_e = 0, 0  # the largest |d| = best_n * 2**best_e
+    for xi, yi, ui in zip(xs.tolist(), ys.tolist(), ulps.tolist()):
+        xn, xd = xi.as_integer_ratio()
+        yn, yd = yi.as_integer_ratio()
+        un, ud = ui.as_integer_ratio()
+        xk, yk = xd.bit_length() - 1, yd.bit_length() - 1
+        k = max(pk + yk, xk)  # p y - x = n / 2**k
+        n = abs((pn * yn << (k - pk - yk)) - (xn << (k - xk)))
+        e = (ud.bit_length() - 1) - k - (un.bit_length() - 1)  # / ulp = * ud / un
+        if n and (best_n == 0 or (n << max(e - best_e, 0)) > (best_n << max(best_e - e, 0))):
+            best_n, best_e = n, e
+    return Fraction(best_n) * Fraction(2) ** best_e
+
+
+def binade_inputs(n: int, dtype: DTypeLike, rng: np.random.Generator) -> NDArray:
+    """``n`` random floats of ``dtype`` and the ``n`` largest ones below 2, all exact.
+
+    The random half is ``+-m * 2**(e - t + 1)`` with ``m`` a random ``t``-bit
+    significand and ``e`` uniform in ``[-8, 8]``; the second half is
+    ``(2**t - j) * 2**(1 - t)`` for ``j = 1..n``, the top of the binade
+    ``[1, 2)``, where the distance of :func:`mean_ulp_bound` is largest
+    (``|x| / ulp(x)`` is largest there). Integer-to-float conversions and
+    ``ldexp`` only: the same bits on every machine.
+    """
+    dt = _float_dtype(dtype)
+    t = np.finfo(dt).nmant + 1
+    m = rng.integers(2 ** (t - 1), 2**t, size=n).astype(np.float64)
+    e = rng.integers(-8, 9, size=n)
+    sign = rng.choice(np.array([-1.0, 1.0]), size=n)
+    top = (2.0**t - np.arange(1, n + 1)) * 2.0 ** (1 - t)
+    return np.concatenate([sign * np.ldexp(m, e - t + 1), top]).astype(dt)
+
+
+@dataclass(frozen=True)
+class MeanUlps:
+    """Largest distance of Keras's exact training mean from ``x``, for one rate and dtype.
+
+    Attributes
+    ----------
+    rate, dtype
+        The layer's rate and compute dtype.
+    n_kept
+        Kept entries measured (each gives one exact mean).
+    max_ulp
+        ``max |p y_i - x_i| / ulp(x_i)``, ``p = keras_keep_prob(rate)`` (exact).
+    bound
+        :func:`mean_ulp_bound` (exact).
+    max_ulp_grid, bound_grid
+        The same with ``p`` replaced by the sampler's own keep probability
+        (:func:`mask_keep_prob`), and its bound (:func:`mean_ulp_bound_grid`).
+    max_ulp_nudged
+        The largest distance when every kept output is moved by one ulp of
+        its dtype (towards ``+inf`` and towards ``-inf``, the larger of the
+        two): a negative control, which must exceed ``bound``.
+    """
+
+    rate: float
+    dtype: str
+    n_kept: int
+    max_ulp: Fraction
+    bound: Fraction
+    max_ulp_grid: Fraction
+    bound_grid: Fraction
+    max_ulp_nudged: Fraction
+
+
+def measure_mean_ulps(rate: float, dtype: DTypeLike, x: ArrayLike, seed: int) -> MeanUlps:
+    """Run ``keras.layers.Dropout(rate, seed=seed, dtype=dtype)`` on ``x`` and measure the mean.
+
+    Checks first that every kept output is ``fl_D(x s)`` bit for bit
+    (:func:`assert_inverted_training_output`), then computes the exact means
+    of :func:`mean_ulp_distances` for ``p = keras_keep_prob(rate)`` and for the
+    keep probability of the sampler's grid, measured on the layer's own next
+    uniforms (:func:`next_uniforms`, :func:`uniform_grid`).
+    """
+    dt = _float_dtype(dtype)
+    xa = np.asarray(x, dtype=dt)
+    layer = keras.layers.Dropout(rate, seed=seed, dtype=dt.name)
+    grid = uniform_grid(next_uniforms(layer, xa))
+    y = np.asarray(layer(xa, training=True))
+    check = assert_inverted_training_output(xa, y, rate)
+    p_grid = mask_keep_prob(float(dt.type(rate)), grid)
+    kept = y != 0
+    nudged = [
+        max_abs_mean_ulp(xa, np.where(kept, np.nextafter(y, to), y), rate)
+        for to in (dt.type(np.inf), dt.type(-np.inf))
+    ]
+    return MeanUlps(
+        rate=float(rate),
+        dtype=dt.name,
+        n_kept=check.n_kept,
+        max_ulp=max_abs_mean_ulp(xa, y, rate),
+        bound=mean_ulp_bound(rate, dt),
+        max_ulp_grid=max_abs_mean_ulp(xa, y, rate, p_grid),
+        bound_grid=mean_ulp_bound_grid(rate, dt, grid),
+        max_ulp_nudged=max(nudged),
+    )
+
+
+def mean_ulps_table(results: Sequence[MeanUlps]) -> str:
+    """A text table of :class:`MeanUlps`, one row per rate and dtype (4 decimals, exact inputs).
+
+    Columns: rate, p = 1 - rate, dtype, kept entries, the largest distance,
+    the bound, the bound minus the largest distance, and the largest distance
+    with the sampler's keep probability. Values are exact rationals printed
+    rounded down (distances) or up (bounds) to 4 decimals, so the table is
+    the same on every machine and never shows a distance above its bound.
+    """
+
+    def down(q: Fraction) -> str:
+        return f"{math.floor(q * 10**4) / 10**4:.4f}"
+
+    def up(q: Fraction) -> str:
+        return f"{math.ceil(q * 10**4) / 10**4:.4f}"
+
+    head = ("rate", "p", "dtype", "kept", "max ulps", "bound", "margin", "grid p: max")
+    rows = [
+        (
+            f"{r.rate:g}",
+            f"{keras_keep_prob(r.rate):g}",
+            r.dtype,
+            f"{r.n_kept:d}",
+            down(r.max_ulp),
+            up(r.bound),
+            down(r.bound - r.max_ulp),
+            down(r.max_ulp_grid),
+        )
+        for r in results
+    ]
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
+    lines = ["  ".join(f"{c:>{w}}" for c, w in zip(line, widths)) for line in (head, *rows)]
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- #
