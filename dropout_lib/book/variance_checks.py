@@ -1,4 +1,15 @@
-"""What the moments-and-BatchNorm chapter runs: Monte Carlo checks, its figure, Keras experiments.
+"""The Monte Carlo and Keras checks of a dropped unit's moments (chapters 1 and 10).
+
+Chapter 1 (a single unit, fixed input) tests Monte Carlo means and variances
+exactly, for every keep probability and number of draws:
+
+* :func:`mean_pvalues` and :func:`variance_pvalues`: exact two-sided
+  P-values of the sample mean and variance of draws of ``c m``,
+  ``m ~ Bernoulli(p)``, both functions of a ``Binomial(n, p)`` count;
+* :func:`two_point_false_alarm`: the exact probability that such a P-value
+  falls below a level when the claim holds.
+
+The moments-and-BatchNorm chapter (10) runs:
 
 The closed forms live in :mod:`dropout_lib.theory.variance_shift`; this module
 turns them into the chapter's experiments, so that the chapter's cells are the
@@ -39,6 +50,10 @@ from dropout_lib.theory.variance_shift import (
 )
 
 __all__ = [
+    "TWO_POINT_SLACK",
+    "two_point_false_alarm",
+    "mean_pvalues",
+    "variance_pvalues",
     "MomentCheck",
     "moment_z_scores",
     "variance_shift_figure",
@@ -47,6 +62,167 @@ __all__ = [
     "fit_bn_nets",
     "weight_gap",
 ]
+
+
+# --------------------------------------------------------------------------- #
+# Exact tests of a dropped unit's Monte Carlo moments (chapter 1)
+# --------------------------------------------------------------------------- #
+
+TWO_POINT_SLACK = 1e-9
+"""Relative widening of an observed statistic in :func:`mean_pvalues` and :func:`variance_pvalues`.
+
+A float64 mean or variance of ``n <= 10**6`` draws is within a relative
+``n u`` (about ``1e-10``, ``u = 2**-53``) of its exact value, whatever the
+summation order (Higham's bound for recursive summation); widening by
+``1e-9`` makes the P-value the one of the least extreme value within rounding,
+so rounding can only raise it (fewer alarms), never cause an alarm."""
+
+
+def _null_values(statistic: str, n: int, p: float) -> NDArray[np.float64]:
+    """The statistic's value for each count ``k = 0, ..., n`` of kept draws, when the claim holds."""
+    k = np.arange(n + 1, dtype=np.float64)
+    if statistic == "mean":  # (c k / n) / (p c)
+        return k / (n * p)
+    if statistic == "variance":  # (c^2 k (n - k) / (n (n - 1))) / (p (1 - p) c^2)
+        return k * (n - k) / (n * (n - 1) * p * (1 - p))
+    raise ValueError(f"statistic must be 'mean' or 'variance'; got {statistic!r}")
+
+
+def _pvalues(
+    null: NDArray[np.float64], weights: NDArray[np.float64], observed: ArrayLike, slack: float
+) -> NDArray[np.float64]:
+    """``min(1, 2 min(P(T <= t), P(T >= t)))`` for ``T`` taking ``null[k]`` with probability ``weights[k]``.
+
+    Each observed ``t`` is widened to ``[t - slack |t|, t + slack |t|]``:
+    ``P(T <= t + slack |t|)`` and ``P(T >= t - slack |t|)``. Each tail is
+    summed from its own end, so a small P-value keeps its relative accuracy.
+    """
+    order = np.argsort(null, kind="stable")
+    t_sorted, w = null[order], weights[order]
+    below = np.concatenate(([0.0], np.cumsum(w)))  # below[i]: the i smallest values
+    above = np.concatenate((np.cumsum(w[::-1])[::-1], [0.0]))  # above[i]: index i and up
+    t = np.asarray(observed, dtype=np.float64)
+    lo = below[np.searchsorted(t_sorted, t + slack * np.abs(t), side="right")]
+    hi = above[np.searchsorted(t_sorted, t - slack * np.abs(t), side="left")]
+    return np.minimum(1.0, 2.0 * np.minimum(lo, hi))
+
+
+def _two_point(
+    statistic: str, samples: ArrayLike, keep_prob: float, claimed: ArrayLike, slack: float
+) -> NDArray[np.float64]:
+    import scipy.stats  # here, not at the top: about 1 s of import in every kernel
+
+    p = check_keep_prob(keep_prob)
+    arr = np.asarray(samples, dtype=np.float64)
+    if arr.ndim != 2 or arr.shape[0] < 2:
+        raise ValueError(f"samples must have shape (n, units) with n >= 2 draws; got {arr.shape}")
+    n = arr.shape[0]
+    if n * np.finfo(np.float64).eps / 2 > slack / 8:
+        raise ValueError(
+            f"{n} draws: rounding (n u) may exceed slack / 8 = {slack / 8:g}; pass a larger slack"
+        )
+    claim = np.broadcast_to(np.asarray(claimed, dtype=np.float64), arr.shape[1:])
+    est = arr.mean(axis=0) if statistic == "mean" else arr.var(axis=0, ddof=1)
+    zero = claim == 0
+    pv = np.where(est == 0, 1.0, 0.0)  # a deterministic claim: exactly 0, or wrong
+    if np.all(zero):
+        return pv
+    if statistic == "variance" and p == 1.0:
+        raise ValueError("at keep_prob = 1 the output is deterministic: a non-zero variance is wrong")
+    weights = scipy.stats.binom.pmf(np.arange(n + 1), n, p)
+    ratio = np.divide(est, claim, out=np.zeros_like(est), where=~zero)
+    return np.where(zero, pv, _pvalues(_null_values(statistic, n, p), weights, ratio, slack))
+
+
+def mean_pvalues(
+    samples: ArrayLike, keep_prob: float, mean: ArrayLike, *, slack: float = TWO_POINT_SLACK
+) -> NDArray[np.float64]:
+    """Exact two-sided P-values of the sample means of dropout outputs, one per column.
+
+    ``samples`` has shape ``(n, units)``: ``n`` independent training outputs
+    of each unit (column). The claim tested is that each output is ``c m``
+    with ``m ~ Bernoulli(p)`` (``p = keep_prob``; Keras's ``rate`` is
+    ``1 - p``) and mean ``mean = p c`` (the standard variant has ``c = x``
+    and mean ``p x``, the inverted ``c = x / p`` and mean ``x``). Then the
+    sample mean is ``c K / n`` with ``K ~ Binomial(n, p)`` the number of kept
+    draws, so ``T = ybar / mean = K / (n p)`` has a known distribution for
+    every ``p`` and ``n``, however skewed. The P-value of an observed ``t``
+    is ``min(1, 2 min(P(T <= t), P(T >= t)))``, with ``t`` widened by
+    ``slack`` (:data:`TWO_POINT_SLACK`) for rounding. When the claim holds,
+    ``P(P-value < alpha) <= alpha`` for every ``alpha``
+    (:func:`two_point_false_alarm` computes it exactly). A claimed mean of 0
+    is deterministic (``c = 0``): P-value 1 if the sample mean is exactly 0,
+    else 0.
+
+    >>> rng = np.random.default_rng(0)
+    >>> y = 3.0 * (rng.random((1000, 1)) < 0.5)  # c = 3, p = 1/2: mean 1.5
+    >>> bool(mean_pvalues(y, 0.5, 1.5)[0] > 0.01)
+    True
+    >>> bool(mean_pvalues(y, 0.5, 0.5**2 * 3.0)[0] < 1e-100)  # mean p^2 c: wrong
+    True
+    """
+    return _two_point("mean", samples, keep_prob, mean, slack)
+
+
+def variance_pvalues(
+    samples: ArrayLike, keep_prob: float, variance: ArrayLike, *, slack: float = TWO_POINT_SLACK
+) -> NDArray[np.float64]:
+    """Exact two-sided P-values of the unbiased sample variances of dropout outputs, one per column.
+
+    The claim is :func:`mean_pvalues`'s with variance ``variance = p (1 - p)
+    c**2`` (standard: ``p (1 - p) x**2``; inverted: ``(1 - p) x**2 / p``).
+    With ``K ~ Binomial(n, p)`` kept draws the sample variance is
+
+    .. math::
+
+        s^2 = c^2\\,\\frac{K (n - K)}{n (n - 1)},
+
+    so ``T = s^2 / variance = K (n - K) / (n (n - 1) p (1 - p))`` has a known
+    distribution for every ``p`` and ``n``. At ``p = 1/2`` the output has
+    kurtosis 1, ``T`` is at most about 1 and piles up just below it, and a
+    z-score with the plug-in standard error is far from normal; this test
+    needs no approximation. P-values as in :func:`mean_pvalues`. A claimed
+    variance of 0 (``x = 0``) is deterministic; at ``p = 1`` every claimed
+    variance must be 0 (else ``ValueError``).
+
+    >>> rng = np.random.default_rng(0)
+    >>> y = 3.0 * (rng.random((1000, 1)) < 0.5)  # variance p (1 - p) 9 = 2.25
+    >>> bool(variance_pvalues(y, 0.5, 2.25)[0] > 0.01)
+    True
+    >>> bool(variance_pvalues(y, 0.5, 2.25 / 0.5**2)[0] < 1e-100)  # (1 - p) c^2 / p: wrong
+    True
+    """
+    return _two_point("variance", samples, keep_prob, variance, slack)
+
+
+def two_point_false_alarm(statistic: str, n: int, keep_prob: float, alpha: float) -> float:
+    """Exact probability that :func:`mean_pvalues` or :func:`variance_pvalues` falls below ``alpha``.
+
+    When the claim holds: ``statistic`` is ``"mean"`` or ``"variance"``, and
+    the probability is ``sum_k P(K = k) [P-value(t_k) < alpha]`` over the
+    ``n + 1`` counts ``k`` of kept draws, ``K ~ Binomial(n, p)``, without the
+    rounding slack (which only raises P-values). It is at most ``alpha`` and
+    depends on ``n``, ``p`` and ``alpha`` only, not on ``c``. A
+    deterministic claim (``c = 0``, or the variance at ``p = 1``) never
+    alarms.
+
+    >>> rate = two_point_false_alarm("variance", 20_000, 0.5, 1e-6)
+    >>> bool(0 < rate <= 1e-6)
+    True
+    """
+    import scipy.stats
+
+    p = check_keep_prob(keep_prob)
+    if not (0 < alpha < 1):
+        raise ValueError(f"alpha is a probability in (0, 1); got {alpha!r}")
+    n = int(n)
+    if n < 2:
+        raise ValueError(f"n must be at least 2 draws; got {n}")
+    null = _null_values(statistic, n, p) if p < 1 or statistic == "mean" else None
+    if null is None:
+        return 0.0  # every draw is c: s^2 = 0 exactly, P-value 1
+    weights = scipy.stats.binom.pmf(np.arange(n + 1), n, p)
+    return float(weights[_pvalues(null, weights, null, 0.0) < alpha].sum())
 
 
 # --------------------------------------------------------------------------- #
