@@ -34,12 +34,18 @@ __all__ = [
     "Row",
     "rows",
     "table_markdown",
+    "other_table_markdown",
     "torch_table_markdown",
+    "MNIST_RECIPE",
+    "mnist_port",
+    "mnist_port_markdown",
     "rescaling_bound",
     "paper_dropout",
 ]
 
-KEEP_PROBS: tuple[float, ...] = (0.5, 0.8)
+# p = 0.8 first: Keras's rate 0.2 tells the two variants' factors apart (at 0.5,
+# p = 1 - p hides which one a factor uses); 0.5 is the paper's hidden-unit choice.
+KEEP_PROBS: tuple[float, ...] = (0.8, 0.5)
 _CONSUMING = "consuming kernels"
 
 
@@ -77,11 +83,15 @@ def _specs() -> list[tuple[str, str, float | None, Callable[[float, float, str],
     def opt_attr(make: Callable[[float], Any], read: Callable[[Any], float]):
         return lambda v, p, d: read(mapping.map_optimizer(make(v), p, d))
 
+    # map_initializer returns the source's kind with its scale mapped (or, for
+    # a kind it does not know, a ScaledInitializer with its factor).
     def init(v, p, d):
-        return conversion.map_initializer(keras.initializers.RandomNormal(stddev=v), p, d).factor * v
+        mapped = conversion.map_initializer(keras.initializers.RandomNormal(stddev=v, seed=1), p, d)
+        return mapped.factor * v if hasattr(mapped, "factor") else mapped.stddev
 
     def variance_scaling(v, p, d):
-        return conversion.map_initializer(keras.initializers.VarianceScaling(scale=v), p, d).factor ** 2 * v
+        mapped = conversion.map_initializer(keras.initializers.VarianceScaling(scale=v, seed=1), p, d)
+        return mapped.factor**2 * v if hasattr(mapped, "factor") else mapped.scale
 
     def unchanged(v, p, d):
         seen = [float(o.momentum) for o in (mapping.map_optimizer(O.SGD(0.1, momentum=v), p, d),)]
@@ -108,15 +118,21 @@ def _specs() -> list[tuple[str, str, float | None, Callable[[float, float, str],
             _CONSUMING,
             1.0,
             lambda v, p, d: mapping.kernel_scale(p, d) * v,
-            "biases unchanged",
+            "biases keep their values",
         ),
-        ("initialiser scale: `stddev`, uniform `limit`", _CONSUMING, 0.05, init, "`map_initializer`"),
+        (
+            "initialiser scale: `stddev`, uniform `limit`",
+            _CONSUMING,
+            0.05,
+            init,
+            "`dropout_lib.conversion.map_initializer` scales any initialiser's draws",
+        ),
         (
             "`VarianceScaling(scale)` (He: 2)",
             _CONSUMING,
             2.0,
             variance_scaling,
-            "the variance scales by the square",
+            "the variance scales by the square of the draws' factor",
         ),
         (
             "SGD `learning_rate` (momentum, Nesterov)",
@@ -171,7 +187,7 @@ def _specs() -> list[tuple[str, str, float | None, Callable[[float, float, str],
                 lambda v: O.Adagrad(1e-3, initial_accumulator_value=v),
                 lambda o: float(o.initial_accumulator_value),
             ),
-            "map the default too",
+            "map Keras's default 0.1 too",
         ),
         ("L2 penalty `L2(l2)`", _CONSUMING, 1e-4, conversion.map_l2, ""),
         ("L1 penalty `L1(l1)`", _CONSUMING, 1e-5, conversion.map_l1, ""),
@@ -180,7 +196,8 @@ def _specs() -> list[tuple[str, str, float | None, Callable[[float, float, str],
             _CONSUMING,
             3.0,
             conversion.map_max_norm,
-            "`EquivariantMaxNorm`; Keras's `MaxNorm` is refused (its built-in epsilon)",
+            "with `dropout_lib.conversion.EquivariantMaxNorm`; Keras's `MaxNorm` is refused "
+            "(its built-in epsilon does not scale)",
         ),
         (
             "`clipnorm` (per tensor)",
@@ -201,21 +218,26 @@ def _specs() -> list[tuple[str, str, float | None, Callable[[float, float, str],
             "all",
             0.9,
             unchanged,
-            "so are biases and kernels not behind a dropout",
+            "unchanged, as are every bias and every kernel not behind a dropout",
         ),
         (
             "`global_clipnorm`",
             "all",
             1.0,
             global_clip,
-            "no consumer-side map (`NoExactMapError`); `clipnorm` instead trains a different model",
+            "no consumer-side map with SGD ({prf:ref}`prop-global-clip`; `NoExactMapError`) "
+            "unless every clipped parameter is a consuming kernel with one keep probability "
+            "(then $c \\to c\\,p$ paper $\\to$ Keras, $c \\to c/p$ back); "
+            "`clipnorm` instead trains a different model; "
+            "the `Rescaling` pair below keeps the paper's recipe",
         ),
         (
             "a kernel shared by a dropped and an undropped input",
             "that kernel",
             None,
             shared,
-            "no map (`NotConvertibleError`)",
+            "no map ({prf:ref}`thm-shared-no-map`; `NotConvertibleError`); "
+            "the `Rescaling` pair below keeps the paper's recipe",
         ),
     ]
 
@@ -247,8 +269,6 @@ def _rows(direction: str, keep_probs: tuple[float, ...]) -> tuple[Row, ...]:
         try:
             mapped = tuple(float(fn(example, p, direction)) for p in keep_probs)
         except (NoExactMapError, NotConvertibleError):
-            if direction == "to_inverted":  # the paper's recipe runs unchanged on the pair
-                note += "; to keep it, use the `Rescaling` pair below"
             out.append(Row(what, where, example, None, (None,) * len(keep_probs), note))
             continue
         out.append(Row(what, where, example, _power(example, mapped, keep_probs), mapped, note))
@@ -275,24 +295,151 @@ def _factor(j: int | None) -> str:
 
 
 def table_markdown(direction: str, keep_probs: Sequence[float] = KEEP_PROBS) -> str:
-    """The recipe table for ``direction`` as MyST markdown (what ``recipe.md`` holds)."""
+    """The recipe table for ``direction`` as MyST markdown (what ``recipe.md`` holds).
+
+    The rows that map (all on the consuming kernels): the hyperparameter, the
+    factor, the source value and the mapped value at each keep probability;
+    then their notes, as a list below the table, so the table fits a page
+    (the rows that keep their value or have no map are
+    :func:`other_table_markdown`'s).
+    """
     src, dst = ("paper", "Keras") if direction == "to_inverted" else ("Keras", "paper")
     head = (
-        f"| hyperparameter | on | multiply by | {src} value | "
-        + " | ".join(f"{dst}, $p = {p:g}$ (`rate={1 - p:g}`)" for p in keep_probs)
-        + " | note |"
+        f"| hyperparameter | times | {src} | " + " | ".join(f"{dst}, $p = {p:g}$" for p in keep_probs) + " |"
     )
-    lines = [head, "|" + " --- |" * (5 + len(keep_probs))]
+    lines = [head, "| --- | --- | --- |" + " --- |" * len(keep_probs)]
+    notes = []
     for r in rows(direction, keep_probs):
-        cells = [
-            r.what,
-            r.where,
-            _factor(r.power),
-            _fmt(r.example) if r.example is not None else "",
-            *(_fmt(m) if r.power is not None else "none" for m in r.mapped),
-            r.note,
-        ]
+        if r.where != _CONSUMING or r.power is None:
+            continue
+        cells = [r.what, _factor(r.power), _fmt(r.example), *(_fmt(m) for m in r.mapped)]
         lines.append("| " + " | ".join(cells) + " |")
+        if r.note:
+            notes.append(f"* {r.what.split(' (')[0].split(':')[0]}: {r.note}.")
+    return "\n".join(lines) + "\n\n" + "\n".join(notes)
+
+
+def other_table_markdown(keep_probs: Sequence[float] = KEEP_PROBS) -> str:
+    """The rows that keep their value or have no consumer-side map, both directions."""
+    lines = ["| hyperparameter | either direction |", "| --- | --- |"]
+    for a, b in zip(rows("to_inverted", keep_probs), rows("to_standard", keep_probs)):
+        if a.where == _CONSUMING and a.power is not None:
+            continue
+        if (a.power, b.power) not in ((None, None), (0, 0)):
+            raise AssertionError(f"{a.what}: p^{a.power} one way, p^{b.power} the other")
+        lines.append(f"| {a.what} | {a.note} |")
+    return "\n".join(lines)
+
+
+# The paper's MNIST networks keep input units with p = 0.8 and hidden units with
+# p = 0.5 (Srivastava et al. 2014, section 6.1.1); the optimizer and penalty are
+# a plain recipe of that kind: SGD with momentum and an L2 penalty on the kernels.
+MNIST_RECIPE: dict[str, Any] = {
+    "widths": (784, 1024, 1024, 10),
+    "keep_probs": (0.8, 0.5, 0.5),  # the input's, then each hidden layer's
+    "learning_rate": 0.1,
+    "momentum": 0.9,
+    "l2": 1e-4,  # keras.regularizers.L2(1e-4) on every kernel: 1e-4 * sum(W**2)
+}
+
+
+@dataclass(frozen=True)
+class PortedLayer:
+    """One layer of :func:`mnist_port`: what Keras's twin of the paper's net uses there."""
+
+    name: str
+    keep_prob: float | None  # p of the dropout it reads; None for the biases' row
+    kernel_scale: float
+    learning_rate: float
+    momentum: float
+    l2: float | None
+
+
+def mnist_port(recipe: dict[str, Any] | None = None) -> list[PortedLayer]:
+    """Port the paper's MNIST-style recipe to Keras with :func:`dropout_lib.convert_model`.
+
+    Builds the paper's net (``StandardDropout`` on the input and after each
+    hidden ``Dense``, an ``L2`` penalty on every kernel), converts it with its
+    ``SGD`` optimizer, and reads back, per consuming layer, the keep
+    probability the graph walk found, the factor of its kernel, the learning
+    rate and momentum of the optimizer that ``MultiOptimizer`` assigns to that
+    kernel, and its mapped ``L2`` factor; a last row gives what the biases get.
+    Nothing is typed: every value is the converted model's or optimizer's.
+    """
+    return list(_mnist_port(tuple(sorted({**MNIST_RECIPE, **(recipe or {})}.items()))))
+
+
+@functools.lru_cache(maxsize=4)
+def _mnist_port(items: tuple[tuple[str, Any], ...]) -> tuple[PortedLayer, ...]:
+    import keras
+    import numpy as np
+
+    from dropout_lib.layers import StandardDropout
+    from dropout_lib.twins import convert_model
+
+    r = dict(items)
+    widths, keeps = r["widths"], r["keep_probs"]
+    layers: list[Any] = [keras.Input((widths[0],))]
+    for k, (width, p) in enumerate(zip(widths[1:], keeps), start=1):
+        last = k == len(widths) - 1
+        layers += [
+            StandardDropout(1.0 - p, seed=k),
+            keras.layers.Dense(
+                width,
+                activation=None if last else "relu",
+                kernel_regularizer=keras.regularizers.L2(r["l2"]),
+                name="output" if last else f"hidden_{k}",
+            ),
+        ]
+    paper = keras.Sequential(layers)
+    sgd = keras.optimizers.SGD(learning_rate=r["learning_rate"], momentum=r["momentum"])
+    ported = convert_model(paper, to="inverted", optimizer=sgd)
+    source = {layer.name: layer for layer in paper.layers}
+
+    def opt_of(variable: Any) -> Any:  # the MultiOptimizer's optimizer for a variable
+        return ported.optimizer._optimizer_map(variable)
+
+    out = []
+    for c in ported.consumers:
+        kernel = c.layer.kernel
+        scale = float(
+            np.linalg.norm(keras.ops.convert_to_numpy(kernel))
+            / np.linalg.norm(keras.ops.convert_to_numpy(source[c.layer.name].kernel))
+        )
+        opt = opt_of(kernel)
+        out.append(
+            PortedLayer(
+                c.layer.name,
+                round(float(c.keep_prob), 12),
+                scale,
+                _lr(opt),
+                float(opt.momentum),
+                float(c.layer.kernel_regularizer.get_config()["l2"]),
+            )
+        )
+    biases = [opt_of(layer.bias) for layer in ported.model.layers if getattr(layer, "bias", None) is not None]
+    bias_opt = biases[0]
+    if any(o is not bias_opt for o in biases):
+        raise AssertionError("the biases got different optimizers")
+    out.append(PortedLayer("every bias", None, 1.0, _lr(bias_opt), float(bias_opt.momentum), None))
+    return tuple(out)
+
+
+def mnist_port_markdown(recipe: dict[str, Any] | None = None) -> str:
+    """:func:`mnist_port` as the table ``recipe.md`` holds.
+
+    The kernel factor is rounded to 6 digits (it is ``p`` up to float32 rounding
+    of the weights); rates and L2 factors, float32 in Keras, to 5 significant digits.
+    """
+    lines = [
+        "| layer | reads | kernel times | `learning_rate` | `L2` |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for layer in mnist_port(recipe):
+        reads = "—" if layer.keep_prob is None else f"$p = {layer.keep_prob:g}$"
+        l2 = "none" if layer.l2 is None else _fmt(layer.l2)
+        scale, lr = f"{round(layer.kernel_scale, 6):g}", _fmt(layer.learning_rate)
+        lines.append(f"| {layer.name} | {reads} | {scale} | {lr} | {l2} |")
     return "\n".join(lines)
 
 
@@ -351,7 +498,7 @@ _TORCH = [
         "Adagrad `epsilon` (inside the root)",
     ),
     (
-        "`Adagrad(initial_accumulator_value)`",
+        "`Adagrad(initial_accumulator_value)` (set by `build_adagrad`)",
         "Adagrad",
         "initial_accumulator_value",
         {"initial_accumulator_value": 0.1},
@@ -431,6 +578,12 @@ if __name__ == "__main__":  # pragma: no cover
         print(f"<!-- recipe-table: {d} -->")
         print(table_markdown(d))
         print("<!-- end recipe-table -->\n")
+    print("<!-- recipe-table: other -->")
+    print(other_table_markdown())
+    print("<!-- end recipe-table -->\n")
+    print("<!-- recipe-table: mnist -->")
+    print(mnist_port_markdown())
+    print("<!-- end recipe-table -->\n")
     print("<!-- recipe-table: pytorch -->")
     print(torch_table_markdown())
     print("<!-- end recipe-table -->")

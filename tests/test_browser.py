@@ -6,9 +6,16 @@ Each page is loaded from ``file://`` (offline, no server) and must show:
 * every image loaded (``naturalWidth > 0``);
 * no cell with an error or stderr output;
 * no script or other resource loaded from the network;
-* no severe message in the browser console (a missing file, a blocked load).
+* no severe message in the browser console (a missing file, a blocked load);
+* no raw LaTeX in the text (``\\texttt``, ``\\_``, a ``$`` outside math and code);
+* no table wider than its container at 1280 px (every number readable without
+  scrolling sideways);
+* every collapsed proof has its own id, starts collapsed, and its title toggles
+  it and no other block (sphinx-proof repeated ``id="proof"``, so every
+  button toggled the first proof: ``_ext/unique_proof_ids.py``).
 
 Needs ``make book`` first, and Debian's ``chromium`` and ``chromium-driver``.
+``DROPOUT_BOOK_HTML=/path/to/html`` tests another build of the book.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-HTML = ROOT / "_build" / "html"
+HTML = Path(os.environ.get("DROPOUT_BOOK_HTML") or ROOT / "_build" / "html")
 # Debian's chromium and chromium-driver; Chrome where that is what the machine has.
 CHROMIUM = os.environ.get("CHROME_BIN") or shutil.which("chromium") or shutil.which("google-chrome")
 CHROMEDRIVER = (
@@ -106,7 +113,7 @@ if (window.MathJax && MathJax.startup && MathJax.startup.promise) {
 }
 """
 
-INSPECT_PAGE = """
+INSPECT_PAGE = r"""
 const math = Array.from(document.querySelectorAll('.math'));
 const imgs = Array.from(document.images);
 return {
@@ -121,7 +128,49 @@ return {
                .filter(n => !n.startsWith('file:') && !n.startsWith('data:')),
   remote_scripts: Array.from(document.scripts).map(s => s.src)
                .filter(s => s && !s.startsWith('file:')),
+  raw_latex: rawLatex(),
+  wide_tables: Array.from(document.querySelectorAll('article table')).map(t => ({
+      width: t.getBoundingClientRect().width, room: t.parentElement.clientWidth,
+      head: t.textContent.trim().slice(0, 60)})).filter(t => t.width > t.room + 1),
+  proofs: proofToggles(),
 };
+
+function rawLatex() {
+  // The text a reader sees, outside math, code and scripts.
+  const skip = 'script, style, code, pre, .math, mjx-container, .highlight, .MathJax';
+  const walker = document.createTreeWalker(document.querySelector('article') || document.body,
+                                           NodeFilter.SHOW_TEXT);
+  const leaks = [];
+  for (let n = walker.nextNode(); n; n = walker.nextNode()) {
+    if (n.parentElement.closest(skip)) continue;
+    const m = n.textContent.match(/\\texttt|\\_|\\[a-zA-Z]+\{|\$/);
+    if (m) leaks.push(n.textContent.slice(Math.max(0, m.index - 30), m.index + 30));
+  }
+  return leaks;
+}
+
+function proofToggles() {
+  // Each collapsed proof: own id, collapsed at first, its title toggles it alone.
+  const blocks = Array.from(document.querySelectorAll('.admonition.dropdown.proof'));
+  const ids = blocks.map(b => b.id);
+  const faults = [];
+  if (new Set(ids).size !== ids.length) faults.push('repeated ids: ' + ids.join(' '));
+  const hidden = () => blocks.map(b => b.classList.contains('toggle-hidden'));
+  blocks.forEach((b, i) => {
+    const before = hidden();
+    if (!before[i]) faults.push(b.id + ' is not collapsed at first');
+    const title = b.querySelector(':scope > .admonition-title');
+    if (!title) { faults.push(b.id + ' has no title to click'); return; }
+    title.click();
+    const after = hidden();
+    after.forEach((h, j) => {
+      if (j === i && h === before[j]) faults.push('clicking ' + b.id + ' did not toggle it');
+      if (j !== i && h !== before[j]) faults.push('clicking ' + b.id + ' toggled ' + blocks[j].id);
+    });
+    title.click();
+  });
+  return {count: blocks.length, faults: faults};
+}
 """
 
 
@@ -132,6 +181,9 @@ def test_page_renders_offline(browser, page: Path) -> None:
     if redirect:  # index.html only forwards to the root page, which is tested itself
         assert (page.parent / redirect.group(1)).is_file(), f"{page.name} redirects to a missing page"
         return
+    # MathJax shows "\_" inside \text{...} as a backslash and an underscore.
+    escaped = re.findall(r"\\(?:text|textrm|mathrm|texttt|mbox)\{[^}]*\\_[^}]*\}", html)
+    assert not escaped, f"escaped underscores in math text: {escaped}"
     browser.get(page.as_uri())
     mathjax = browser.execute_async_script(WAIT_FOR_MATHJAX)
     info = browser.execute_script(INSPECT_PAGE)
@@ -150,6 +202,9 @@ def test_page_renders_offline(browser, page: Path) -> None:
     assert not info["broken"], f"images that did not load: {info['broken']}"
     assert not info["errors"], f"cells showing an error or stderr: {info['errors']}"
     assert not console, f"severe console messages: {console}"
+    assert not info["raw_latex"], f"raw LaTeX in the text: {info['raw_latex']}"
+    assert not info["wide_tables"], f"tables wider than their container at 1280 px: {info['wide_tables']}"
+    assert not info["proofs"]["faults"], f"proof toggles: {info['proofs']['faults']}"
 
 
 def test_chapters_have_math_and_figures() -> None:

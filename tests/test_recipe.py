@@ -1,6 +1,6 @@
 """recipe.md: its tables equal what dropout_lib computes; its claims are checked here.
 
-* The three tables on the page are exactly ``dropout_lib.recipe``'s output,
+* The tables on the page are exactly ``dropout_lib.recipe``'s output,
   which is computed by the library's maps on real Keras optimizers (and
   ``dropout_lib.pytorch``), and every factor agrees with the book's theorems.
 * Dropout(rate) followed by Rescaling(1 - rate) is the paper's dropout
@@ -48,6 +48,40 @@ def test_page_tables_are_the_librarys(direction):
     assert _table(direction) == recipe.table_markdown(direction), (
         "recipe.md's table differs from dropout_lib.recipe; regenerate it with `python -m dropout_lib.recipe`"
     )
+
+
+def test_page_other_table_is_the_librarys():
+    assert _table("other") == recipe.other_table_markdown()
+
+
+def test_tables_fit_a_page():
+    """Few, short columns (issue 21: the 7-column table was clipped at 1280 px):
+    at most 5 columns, and no cell of the mapped rows longer than the hyperparameter's name."""
+    for name in ("to_inverted", "to_standard", "mnist"):
+        head = _table(name).splitlines()[0]
+        assert head.count("|") - 1 <= 5, f"{name}: {head}"
+    assert _table("other").splitlines()[0].count("|") - 1 <= 2
+
+
+def test_page_mnist_port_is_the_librarys_and_the_theorems():
+    """The worked port: convert_model's result, per layer, equals the theorems' values:
+    kernel times p (thm-same-function), SGD learning rate eta p^2 (thm-sgd-map), L2 factor
+    lambda / p^2 (thm-l2-map), momentum unchanged; biases keep eta. Keras stores rates and
+    L2 factors in float32 (relative 2**-24); the kernel factor is a ratio of float32 norms."""
+    assert _table("mnist") == recipe.mnist_port_markdown()
+    r = recipe.MNIST_RECIPE
+    ported = recipe.mnist_port()
+    keeps = [layer.keep_prob for layer in ported[:-1]]
+    assert keeps == list(r["keep_probs"]), "the graph walk found other keep probabilities"
+    for layer in ported[:-1]:
+        p = layer.keep_prob
+        assert layer.kernel_scale == pytest.approx(p, rel=1e-6)
+        assert layer.learning_rate == pytest.approx(r["learning_rate"] * p**2, rel=2.0**-23)
+        assert layer.l2 == pytest.approx(r["l2"] / p**2, rel=2.0**-23)
+        assert layer.momentum == pytest.approx(r["momentum"], rel=2.0**-23)
+    bias = ported[-1]
+    assert bias.learning_rate == pytest.approx(r["learning_rate"], rel=2.0**-23) and bias.l2 is None
+    assert "Momentum stays 0.9 on every variable" in _page() and r["momentum"] == 0.9
 
 
 def test_page_pytorch_table_is_the_librarys():
@@ -100,14 +134,16 @@ def test_page_numbers():
         assert f"{recipe.rescaling_bound(dtype):.2e}" in page
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("tp", Path(__file__).with_name("test_pytorch.py"))
+    # the torch checks' numbers (tests_pytorch/, make test-pytorch), from a module without torch
+    path = Path(__file__).parents[1] / "tests_pytorch" / "tolerances.py"
+    spec = importlib.util.spec_from_file_location("torch_tolerances", path)
     tp = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tp)
 
-    assert f"for {tp.STEPS} steps" in page and tp.MAP_TOL == 1e-12 and "{-12}" in page
+    assert f"Over {tp.STEPS} steps" in page and f"$T = {tp.STEPS}$" in page
+    assert tp.MAP_TOL == 30 * tp.STEPS * 2.0**-53 and f"{tp.MAP_TOL:.0e}" == "2e-13"
+    assert "$2 \\times 10^{-13}$" in page and "$30\\,T u$" in page
     assert tp.CONTROL_GAP == 1e-3 and "{-3}$ apart" in page
-    # "each step adds a few units of 2^-53 ... about 4e-14": T u
-    assert f"{tp.STEPS * 2.0**-53:.0e}" == "4e-14" and "4 \\times 10^{-14}" in page
 
 
 def test_intro_numbers(keras_float64):

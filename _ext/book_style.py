@@ -1,0 +1,56 @@
+"""Sphinx extension: the book's own CSS, kept here so that a change to it
+rebuilds the book (``make`` watches ``_ext/*.py``; a ``_static/`` folder it
+does not watch).
+
+The rules:
+
+* ``div.prf-proof``: sphinx-proof styles its proofs by id (``div#proof``);
+  ``unique_proof_ids.py`` gives each proof its own id and this class instead.
+* glued numbers (myst-nb's ``span.pasted-text``, bold by default) in the weight
+  of the text around them: with 864 of them bold, test counts and ulps stood
+  out more than the hyperparameters a reader came for. Bold only where the
+  source asks for it (``**`` around the glue).
+* tables fit their column: a long identifier in a cell may break rather than
+  push the table wider than the text; on a phone-width screen tables use a
+  smaller font and padding. ``tests/test_browser.py`` checks that no table is
+  wider than its container at 1280 px.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+CSS_FILE = "book_style.css"
+CSS = """\
+div.prf-proof {
+  padding: .4rem .6rem .4rem 2rem !important;
+  border-color: #ccc;
+}
+span.pasted-text {
+  font-weight: inherit;
+}
+article table.table td code, article table.table th code {
+  overflow-wrap: anywhere;
+}
+article table.table td code .pre, article table.table th code .pre {
+  white-space: normal;
+}
+@media (max-width: 600px) {
+  article table.table { font-size: 0.85em; }
+  article table.table td, article table.table th { padding: 0.25rem 0.3rem; }
+}
+"""
+
+
+def _write_css(app: Any, exception: Exception | None) -> None:
+    if exception is None and app.builder.format == "html":
+        static = Path(app.builder.outdir) / "_static"
+        static.mkdir(parents=True, exist_ok=True)
+        (static / CSS_FILE).write_text(CSS, encoding="utf-8")
+
+
+def setup(app: Any) -> dict[str, Any]:
+    app.add_css_file(CSS_FILE, priority=900)  # after the theme's and myst-nb's
+    app.connect("build-finished", _write_css)
+    return {"parallel_read_safe": True, "parallel_write_safe": True}
