@@ -5,10 +5,12 @@
 #               chapter, the workflow audit, and the browser test of the built book
 # Beside them:
 #   make test-portability   strict nbval again as other machines would run it
+#   make test-pytorch       the PyTorch maps checked on real torch, in .venv-pytorch
 #   make lab                the chapters in JupyterLab, on the project's kernel
 #   make refresh            re-execute chapters/*.ipynb in place, deterministically
 #   make pins               regenerate requirements.txt (hashes) from requirements.in
 #   make check-pins         does requirements.txt install on every supported platform?
+#   make pins-pytorch       regenerate requirements-pytorch.txt from requirements-pytorch.in
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -53,8 +55,8 @@ NBVAL   := --nbval --nbval-kernel-name $(KERNEL) --nbval-cell-timeout 120 \
            --nbval-sanitize-with tests/nbval_sanitize.cfg
 DOCTEST := --doctest-modules dropout_lib
 
-.PHONY: book test test-portability lab refresh env preflight-book preflight-test \
-        pins check-pins clean distclean
+.PHONY: book test test-portability test-pytorch lab refresh env preflight-book preflight-test \
+        pins pins-pytorch check-pins clean distclean
 
 # Before anything else: a supported Python, and the system packages the two
 # commands need (installed with apt when root or passwordless sudo, otherwise
@@ -122,8 +124,8 @@ $(BUILT): $(BOOK_SOURCES) $(VENV)/.installed $(KERNEL_JSON) $(MATHJAX)
 # source changed): lint and format of dropout_lib and tests, the workflow audit
 # (offline), then the one pytest session.
 test: preflight-test book
-	$(VENV)/bin/ruff check dropout_lib tests
-	$(VENV)/bin/ruff format --check dropout_lib tests
+	$(VENV)/bin/ruff check dropout_lib tests tests_pytorch
+	$(VENV)/bin/ruff format --check dropout_lib tests tests_pytorch
 	$(VENV)/bin/zizmor --offline --quiet .github/workflows
 	DROPOUT_BOOK_BROWSER=required $(PYTEST) $(ORDERED) tests $(DOCTEST) $(NBVAL)
 
@@ -133,6 +135,26 @@ test: preflight-test book
 test-portability: book
 	$(PY) tools/test_portability.py -- $(PYTEST) $(ORDERED) tests --ignore=tests/test_browser.py \
 	    $(DOCTEST) $(NBVAL)
+
+# The PyTorch maps (dropout_lib.pytorch) checked on real torch: torch.nn.Dropout
+# and torch.optim train the inverted net against the paper's on the same masks,
+# every row of the recipe's PyTorch table, both directions. torch lives in an
+# environment of its own, .venv-pytorch (on Linux x86-64 PyPI's torch is a
+# CUDA build of a few GB; `make book` and `make test` never need it), installed
+# from requirements-pytorch.txt in pip's hash-checking mode, wheels only. If
+# torch cannot be installed, this target fails: nothing is skipped.
+VENV_TORCH := .venv-pytorch
+PY_TORCH   := $(VENV_TORCH)/bin/python
+
+$(VENV_TORCH)/.installed: requirements-pytorch.txt pyproject.toml
+	[ -x $(PY_TORCH) ] || $(PYTHON) -m venv $(VENV_TORCH)
+	$(PY_TORCH) -m pip install --quiet --disable-pip-version-check --require-hashes --only-binary=:all: \
+	    -r requirements-pytorch.txt
+	$(PY_TORCH) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $@
+
+test-pytorch: $(VENV_TORCH)/.installed
+	$(PY_TORCH) -m pytest tests_pytorch
 
 # The chapters in JupyterLab (with MyST rendered in the notebooks by
 # jupyterlab-myst), on the project's kernel only. Stop it with Ctrl-C.
@@ -154,6 +176,12 @@ pins: $(VENV)/.installed
 	    --generate-hashes --custom-compile-command "make pins" --quiet \
 	    -o requirements.txt $(UPGRADE)
 
+# requirements-pytorch.txt from requirements-pytorch.in, the same way (uv from .venv).
+pins-pytorch: $(VENV)/.installed
+	$(VENV)/bin/uv pip compile requirements-pytorch.in --universal --python-version 3.11 \
+	    --generate-hashes --custom-compile-command "make pins-pytorch" --quiet \
+	    -o requirements-pytorch.txt $(UPGRADE)
+
 check-pins: $(VENV)/.installed
 	$(PY) tools/check_pins.py
 
@@ -161,4 +189,4 @@ clean:
 	rm -rf _build
 
 distclean: clean
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(VENV_TORCH)
