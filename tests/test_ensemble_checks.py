@@ -284,3 +284,11 @@ def test_stable_floor_refuses_a_boundary_while_storing(monkeypatch):
         C.stable_floor(27.0, 0, 1e-9)
     assert C.stable_floor(26.6, 0, 1e-9) == 26.0
     assert C.stable_ceil(26.6, 0, 1e-9) == 27.0
+
+
+def test_deep_row_closer_decides_only_beyond_rounding():
+    row = C.DeepRow(net=None, result=None, nwgm_gap=0.1, am_gap=0.2, bound=1e-12)
+    assert row.closer == "NWGM"
+    assert C.DeepRow(net=None, result=None, nwgm_gap=0.3, am_gap=0.2, bound=1e-12).closer == "AM"
+    tie = C.DeepRow(net=None, result=None, nwgm_gap=0.2, am_gap=0.2 + 1e-12, bound=1e-12)
+    assert tie.closer.startswith("NWGM and AM alike")

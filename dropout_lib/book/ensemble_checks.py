@@ -389,6 +389,19 @@ class DeepRow:
     am_gap: float
     bound: float
 
+    @property
+    def closer(self) -> str:
+        """The mean the weight-scaled net is closer to: ``"NWGM"``, ``"AM"``, or a tie.
+
+        Each computed gap is within :attr:`bound` of its exact value, so the
+        order is decided only when the gaps differ by more than ``2 * bound``;
+        otherwise ``"NWGM and AM alike (within rounding)"``. A measured property
+        of this net at these keep probabilities, not a rule.
+        """
+        if abs(self.nwgm_gap - self.am_gap) <= 2 * self.bound:
+            return "NWGM and AM alike (within rounding)"
+        return "NWGM" if self.nwgm_gap < self.am_gap else "AM"
+
 
 def deep_ensembles(
     widths: Sequence[int],
