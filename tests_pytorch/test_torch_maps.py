@@ -398,9 +398,10 @@ ACCUMULATOR = next(c for c in CASES if c.key == "initial_accumulator_value")
 
 @pytest.mark.parametrize("direction", DIRECTIONS)
 def test_adagrad_ignores_a_groups_accumulator_and_build_adagrad_sets_it(problem, direction):
-    """torch.optim.Adagrad given the mapped group directly: every accumulator starts at the
-    constructor's value, so the run is the unmapped control's, to the last bit; build_adagrad
-    starts each parameter from its own group's value (the mapped run above)."""
+    """torch.optim.Adagrad given the groups directly: every accumulator starts at the
+    constructor's value (here its default 0; the groups' 0.1 and mapped value are ignored), and
+    the run ends far apart; build_adagrad starts each parameter from its own group's value
+    (the mapped run above)."""
     batches, init = problem
     _, target = _nets(init, direction)
     groups = _groups(target, "Adagrad", ACCUMULATOR.hp, direction)
@@ -559,12 +560,14 @@ def test_recipe_snippet_runs_on_torch():
     assert max(len(line) for line in code.splitlines()) <= 88
     model = nn.Sequential()
     model.fc1, model.drop, model.fc2 = nn.Linear(4, 8), nn.Dropout(0.2), nn.Linear(8, 3)
+    before = model.fc2.weight.detach().clone()
     namespace = {"model": model, "torch": torch}
     exec(code, namespace)
     opt = namespace["opt"]
     kernel = model.fc2.weight
     (group,) = [g for g in opt.param_groups if any(w is kernel for w in g["params"])]
     keep = pytorch.keep_prob_from_torch_p(0.2)
+    assert torch.equal(model.fc2.weight.detach(), before * keep)  # the weights mapped once
     paper = namespace["paper"]
     assert group["lr"] == pytest.approx(paper["lr"] * keep, rel=4e-16)
     if isinstance(opt, torch.optim.Adagrad):
