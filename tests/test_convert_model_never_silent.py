@@ -233,3 +233,19 @@ def test_converted_models_load_in_a_fresh_process(tmp_path):
     subprocess.run([sys.executable, "-c", LOAD, str(tmp_path)], check=True, env=dict(os.environ))
     np.testing.assert_array_equal(np.load(tmp_path / "y_inverted.npy"), inverted.predict(x, verbose=0))
     np.testing.assert_array_equal(np.load(tmp_path / "y_standard.npy"), standard.predict(x, verbose=0))
+
+
+# ------------------------------------------------------------ backends' optimizer classes
+
+
+def test_keras_backend_subclasses_map_like_their_public_class_and_others_are_refused():
+    """KERAS_BACKEND=torch builds keras.src.backend.torch...torch_sgd.SGD for keras.optimizers.SGD."""
+
+    def subclass(module):
+        return type("SGD", (keras.optimizers.SGD,), {"__module__": module})
+
+    backend_sgd = subclass("keras.src.backend.torch.optimizers.torch_sgd")(0.1, momentum=0.9)
+    mapped = map_optimizer(backend_sgd, 0.5, "to_inverted")
+    assert type(mapped) is type(backend_sgd) and float(mapped.learning_rate) == pytest.approx(0.025, rel=1e-7)
+    with pytest.raises(dl.NoExactMapError, match="no map derived for my_project.SGD"):
+        map_optimizer(subclass("my_project")(0.1), 0.5, "to_inverted")
