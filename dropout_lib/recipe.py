@@ -35,6 +35,7 @@ __all__ = [
     "rows",
     "table_markdown",
     "other_table_markdown",
+    "intro_table_markdown",
     "torch_table_markdown",
     "MNIST_RECIPE",
     "mnist_port",
@@ -319,6 +320,37 @@ def table_markdown(direction: str, keep_probs: Sequence[float] = KEEP_PROBS) -> 
     return "\n".join(lines) + "\n\n" + "\n".join(notes)
 
 
+# The rows the first page shows (prefixes of Row.what), in this order.
+INTRO_ROWS = (
+    "weights",
+    "SGD `learning_rate`",
+    "Adam, AdamW `learning_rate`",
+    "Adam, AdamW `epsilon`",
+    "L2 penalty",
+)
+
+
+def intro_table_markdown(keep_prob: float = KEEP_PROBS[0]) -> str:
+    """The first page's short table: both directions with worked numbers at one ``p``.
+
+    Paper -> Keras first (the direction a reader porting the paper's recipe
+    needs), each cell ``factor: source value -> mapped value``, from :func:`rows`.
+    """
+    by_dir = {d: {r.what: r for r in rows(d, (keep_prob,))} for d in ("to_inverted", "to_standard")}
+    lines = [
+        f"| on the consuming kernels, $p = {keep_prob:g}$ | paper $\\to$ Keras | Keras $\\to$ paper |",
+        "| --- | --- | --- |",
+    ]
+    for prefix in INTRO_ROWS:
+        (what,) = [w for w in by_dir["to_inverted"] if w.startswith(prefix)]
+        cells = []
+        for d in ("to_inverted", "to_standard"):
+            r = by_dir[d][what]
+            cells.append(f"× {_factor(r.power)}: {_fmt(r.example)} $\\to$ {_fmt(r.mapped[0])}")
+        lines.append(f"| {what} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines)
+
+
 def other_table_markdown(keep_probs: Sequence[float] = KEEP_PROBS) -> str:
     """The rows that keep their value or have no consumer-side map, both directions."""
     lines = ["| hyperparameter | either direction |", "| --- | --- |"]
@@ -580,6 +612,9 @@ if __name__ == "__main__":  # pragma: no cover
         print("<!-- end recipe-table -->\n")
     print("<!-- recipe-table: other -->")
     print(other_table_markdown())
+    print("<!-- end recipe-table -->\n")
+    print("<!-- recipe-table: intro -->")
+    print(intro_table_markdown())
     print("<!-- end recipe-table -->\n")
     print("<!-- recipe-table: mnist -->")
     print(mnist_port_markdown())

@@ -34,9 +34,10 @@ def _page() -> str:
     return PAGE.read_text(encoding="utf-8")
 
 
-def _table(name: str) -> str:
-    m = re.search(rf"<!-- recipe-table: {name} -->\n(.*?)\n<!-- end recipe-table -->", _page(), re.S)
-    assert m, f"recipe.md has no table {name!r} between its markers"
+def _table(name: str, page: str = "recipe.md") -> str:
+    text = (PAGE.parent / page).read_text(encoding="utf-8")
+    m = re.search(rf"<!-- recipe-table: {name} -->\n(.*?)\n<!-- end recipe-table -->", text, re.S)
+    assert m, f"{page} has no table {name!r} between its markers"
     return m.group(1)
 
 
@@ -52,6 +53,22 @@ def test_page_tables_are_the_librarys(direction):
 
 def test_page_other_table_is_the_librarys():
     assert _table("other") == recipe.other_table_markdown()
+
+
+def test_intro_tables_are_the_librarys():
+    """The first page's port (both directions, worked numbers) and the MNIST port."""
+    assert _table("intro", "intro.md") == recipe.intro_table_markdown()
+    assert _table("mnist", "intro.md") == recipe.mnist_port_markdown()
+    intro = (PAGE.parent / "intro.md").read_text(encoding="utf-8")
+    # paper -> Keras comes first on the page, before the short answer
+    assert intro.index("recipe-table: intro") < intro.index("## The short answer")
+    # the recipe the prose names is the one the table was computed from
+    r = recipe.MNIST_RECIPE
+    for page in (intro, _page()):
+        text = " ".join(page.split())
+        assert "-".join(map(str, r["widths"])) in text
+        assert f"learning rate {r['learning_rate']:g}" in text and f"momentum {r['momentum']:g}" in text
+        assert f"`L2({r['l2']:.0e})`".replace("e-0", "e-") in text  # `L2(1e-4)`
 
 
 def test_tables_fit_a_page():
@@ -288,6 +305,38 @@ def test_page_keras_example_runs_and_trains_as_the_paper(keras_float64, capsys):
     scales = [1.0, 1.0, p, 1.0]  # consuming kernel W_inv = p W_std; the rest unchanged
     assert _gap(w_ported, w_paper, scales) <= FIT_TOL
     assert _gap(w_naive, w_paper, scales) >= CONTROL_GAP
+
+
+def test_install_line_is_the_same_everywhere():
+    """intro.md, README.md and appendix/api.md give one install command, from the repository
+    URL in _config.yml (dropout_lib is not on the package index: `pip install dropout_lib`
+    would fail, or install a stranger's package if someone took the name)."""
+    root = PAGE.parent
+    url = re.search(r"^repository:\n  url: (\S+)", (root / "_config.yml").read_text(), re.M).group(1)
+    line = f'REPO={url}\npip install "dropout_lib[tensorflow] @ git+$REPO"'
+    for page in ("intro.md", "README.md", "appendix/api.md"):
+        text = (root / page).read_text(encoding="utf-8")
+        assert line in text, f"{page} lacks the install line for {url}"
+        assert 'pip install -e ".[tensorflow]"' in text, page
+        assert not re.search(r"pip install \"?dropout_lib(\[\w+\])?\"?(?! @)(\s|`|$)", text), page
+
+
+@pytest.mark.parametrize("page", ["intro.md", "recipe.md"])
+def test_page_glued_names_exist(page):
+    """Every number the page pastes from a chapter exists in that chapter's stored outputs
+    (a renamed glue name would otherwise stop the strict build only after every chapter ran)."""
+    import json
+
+    root = PAGE.parent
+    text = (root / page).read_text(encoding="utf-8")
+    for path, name in re.findall(r"\{glue:\w+\}`([\w/.-]+\.ipynb)::([\w-]+)[^`]*`", text):
+        cells = json.loads((root / path).read_text(encoding="utf-8"))["cells"]
+        names = {
+            o.get("metadata", {}).get("scrapbook", {}).get("name")
+            for c in cells
+            for o in c.get("outputs", [])
+        }
+        assert name in names, f"{page}: {path} glues no {name!r}"
 
 
 @pytest.mark.parametrize("page", ["intro.md", "recipe.md"])
