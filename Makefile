@@ -176,7 +176,9 @@ pins: $(VENV)/.installed
 	    --generate-hashes --custom-compile-command "make pins" --quiet \
 	    -o requirements.txt $(UPGRADE)
 
-# requirements-pytorch.txt from requirements-pytorch.in, the same way (uv from .venv).
+# requirements-pytorch.txt from requirements-pytorch.in, the same way (uv from .venv);
+# `.venv/bin/python tools/check_pins.py --requirements requirements-pytorch.txt` checks
+# that it installs on every supported platform and Python.
 pins-pytorch: $(VENV)/.installed
 	$(VENV)/bin/uv pip compile requirements-pytorch.in --universal --python-version 3.11 \
 	    --generate-hashes --custom-compile-command "make pins-pytorch" --quiet \
