@@ -89,6 +89,36 @@ def test_gap_panels_draws_one_panel_per_entry():
     assert ax.get_xscale() == "linear"
 
 
+def test_gap_panels_labels_do_not_overlap_and_legend_is_legible():
+    """Fig. 5.1 (issue 21): with two rows, one y label for the figure, none per panel."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from dropout_lib.book.plotting import LEGEND_SIZE, gap_panels
+
+    gaps = np.array([0.0, 1e-16, 2e-16])
+    panels = {t: [("x", gaps, "mapped", "-")] for t in "abcdef"}
+    fig, axes = gap_panels(panels, ncols=3, nrows=2, ylabel="relative gap")
+    assert fig.get_supylabel() == "relative gap"
+    assert all(ax.get_ylabel() == "" for ax in axes.flat)
+    assert [ax.get_xlabel() for ax in axes[-1]] == ["step $t$"] * 3
+    (legend,) = fig.legends
+    assert all(t.get_fontsize() == LEGEND_SIZE >= 9 for t in legend.get_texts())
+    fig, ax = gap_panels({"": [("x", gaps, "mapped", "-")]}, ylabel="gap")
+    assert ax.get_ylabel() == "gap"
+
+
+def test_start_draws_and_seed_are_the_problems_own():
+    """Chapter 6 redraws the start with sigma/p from the toy's own seed (issue 18, section 7)."""
+    for seed in (2014, 7):
+        toy = toy_problem(2, seed=seed, keep_probs=(0.7, 1.0, 0.6))
+        he = [np.sqrt(2.0 / n) for n in toy.sizes[:-1]]
+        scaled = toy.start_draws([s / p for s, p in zip(he, toy.keep_probs)])
+        assert toy.seed == seed
+        for name, w in toy.params_std.items():
+            np.testing.assert_allclose(scaled[name], w, rtol=4 * 2.0**-53, atol=0)
+
+
 def test_disagreement_counts_differing_predictions():
     toy = toy_problem(2, n_test=50)
     assert toy.disagreement(toy.params_inv, "inverted", toy.params_std, "standard") == 0.0
@@ -102,3 +132,20 @@ def test_keras_nesterov_form_is_dropout_libs_keras_form():
 
     gaps = sgd_forms_against_keras(steps=5)
     assert gaps["keras"] <= 5 * 4 * 2.0**-53 < 1e-3 < min(gaps["paper"], gaps["heavy-ball"])
+
+
+def test_against_reruns_and_unmapped_epsilon_on_a_short_run():
+    """Chapter 5's noise floor and forgotten epsilon, on 20 steps."""
+    from dropout_lib.book.toy import against_reruns, unmapped_epsilon
+    from dropout_lib.exact.optimizers import Adam
+
+    toy = toy_problem(20, n_test=50)
+    r = against_reruns(toy, Adam, lr=0.01, eps=1e-2, form="keras", n_reruns=2)
+    assert r["same"] > 1e-3 and len(r["reruns"]) == len(r["rerun_disagree"]) == 2
+    assert all(d > 0 for d in r["reruns"]) and 0 <= r["disagree"] <= 1
+    e = unmapped_epsilon(toy, Adam, lr=0.01, eps=1e-7, form="keras")
+    assert e["gaps"].shape == (21,) and e["gaps"][0] < 1e-15 < 1e-12 < e["gaps"][1] < 0.1
+    assert e["flip"] is None or 0 <= e["flip"] < 20
+    assert e["perturbed"] > 0
+    with pytest.raises(ValueError, match="held-out"):
+        against_reruns(toy_problem(2), Adam, lr=0.01, eps=1e-2, form="keras", n_reruns=1)

@@ -41,6 +41,10 @@ STYLE: dict[str, Any] = {
 }
 
 
+#: Legend text size (points): one step below the labels' 10, legible at the page's width.
+LEGEND_SIZE: float = 9.0
+
+
 def figure(ncols: int = 1, nrows: int = 1, width: float = 6.4, height: float = 3.2, **kwargs: Any):
     """Return ``plt.subplots(nrows, ncols)`` in the book's style and size (inches)."""
     mpl.rcParams.update(STYLE)
@@ -83,6 +87,10 @@ def gap_panels(
         Gaps are drawn as ``max(gap, floor)`` (an exact 0 has no logarithm).
     legend
         ``"figure"``: one legend below all panels; ``"first"``: in the first panel.
+    xlabel, ylabel
+        Axis labels: x under each bottom panel; y beside the single panel or,
+        with several rows, once for the whole figure, so that the long labels
+        of panels above each other cannot overlap.
     """
     fig, axes = figure(
         ncols=ncols, nrows=nrows, width=width, height=height, sharex=True, sharey=True, squeeze=False
@@ -117,8 +125,10 @@ def gap_panels(
         ax.set_visible(False)
     for ax in axes[-1]:
         ax.set_xlabel(xlabel)
-    for ax in axes[:, 0]:
-        ax.set_ylabel(ylabel)
+    if nrows > 1:
+        fig.supylabel(ylabel, fontsize=STYLE["axes.labelsize"])
+    else:
+        axes[0, 0].set_ylabel(ylabel)
     handles = {h.get_label(): h for ax in axes.flat for h in ax.get_lines()}
     if legend == "figure":
         fig.legend(
@@ -126,8 +136,8 @@ def gap_panels(
             handles.keys(),
             loc="outside lower center",
             ncol=min(3, len(handles)),
-            fontsize=7.5,
+            fontsize=LEGEND_SIZE,
         )
     else:
-        axes.flat[0].legend(handles.values(), handles.keys(), loc="best", fontsize=7.5)
+        axes.flat[0].legend(handles.values(), handles.keys(), loc="best", fontsize=LEGEND_SIZE)
     return fig, axes if axes.size > 1 else axes[0, 0]

@@ -67,6 +67,8 @@ class Toy:
         Held-out examples (empty arrays when ``n_test = 0``).
     loss
         The training loss, softmax cross-entropy.
+    seed
+        The seed of the stream everything above was drawn from (``toy_problem``'s).
     """
 
     sizes: tuple[int, ...]
@@ -82,6 +84,7 @@ class Toy:
     x_test: NDArray = field(repr=False)
     y_test: NDArray = field(repr=False)
     loss: str = "softmax_xent"
+    seed: int = 2014
 
     @property
     def consumers(self) -> dict[str, float]:
@@ -102,6 +105,25 @@ class Toy:
     def kernels(self) -> list[str]:
         """The names of every kernel, ``['W1', 'W2', 'W3']``."""
         return [n for n in self.params_inv if n.startswith("W")]
+
+    def start_draws(self, scale: Sequence[float]) -> dict[str, NDArray]:
+        """The start's own draws with another scale: ``W_k = scale[k-1] * Z_k``, same biases.
+
+        ``params_inv`` is ``mlp.init_params(sizes, default_rng(seed), bias_scale=0.1)``,
+        the first draws of the problem's stream, with He's ``sigma_k = sqrt(2 / n_{k-1})``;
+        this redraws them from a fresh ``default_rng(self.seed)``, so the standard
+        normals ``Z_k`` and the biases are the same and only ``sigma_k`` changes.
+        With ``scale = sigma_k / p_k`` the result is ``params_std`` up to a rounding
+        of each product (``(sigma/p) Z`` against ``(sigma Z)/p``).
+
+        >>> toy = toy_problem(1, seed=7)
+        >>> he = [np.sqrt(2.0 / n) for n in toy.sizes[:-1]]
+        >>> all(np.array_equal(v, toy.params_inv[k]) for k, v in toy.start_draws(he).items())
+        True
+        """
+        return mlp.init_params(
+            self.sizes, np.random.default_rng(self.seed), bias_scale=0.1, scale=list(scale)
+        )
 
     def labels(self, x: NDArray) -> NDArray:
         """One-hot teacher labels ``argmax(x T)`` of inputs ``x``."""
@@ -327,4 +349,86 @@ def toy_problem(
         masks=masks,
         x_test=x_test,
         y_test=y_test,
+        seed=seed,
+    )
+
+
+def against_reruns(toy: Toy, optimizer: type, *, lr: float, eps: float, form: str, n_reruns: int) -> dict:
+    """Chapter 5's noise floor: the unmapped standard run against reruns with other masks.
+
+    Trains the inverted net with ``optimizer(lr, eps=eps, form=form)`` on the
+    shared masks, the standard net from ``params_std`` with the *same*
+    hyperparameters on the same masks (no map), and ``n_reruns`` inverted nets
+    on masks from the streams ``default_rng(0), ..., default_rng(n_reruns - 1)``
+    (:meth:`Toy.mask_stream`, the same law). Distances are the relative
+    parameter gap of :func:`dropout_lib.exact.mlp.relative_difference` (the
+    standard run mapped back, ``W -> p W``), disagreements the share of
+    held-out predictions (``toy.x_test``) whose class differs.
+
+    Returns ``{"same": gap, "reruns": [gaps], "disagree": share,
+    "rerun_disagree": [shares]}``, all against the shared-mask inverted run.
+    """
+    from dropout_lib.exact import adaptive
+
+    if n_reruns < 1 or not len(toy.x_test):
+        raise ValueError("against_reruns needs n_reruns >= 1 and a held-out set (toy_problem(n_test=...)).")
+    same_opt = adaptive.standard_optimizer(
+        optimizer,
+        toy.params_inv,
+        toy.keep_probs,
+        lr=lr,
+        eps=eps,
+        form=form,
+        lr_power=0,
+        eps_power=0,
+        accumulator_power=0,
+    )
+    run = toy.compare_many(optimizer(lr, eps=eps, form=form), {"same": same_opt})["same"]
+    ref = run.inverted.params
+    reruns = [
+        toy.train(
+            "inverted", optimizer(lr, eps=eps, form=form), masks=toy.mask_stream(s), record=False
+        ).params
+        for s in range(n_reruns)
+    ]
+    return dict(
+        same=float(run.final),
+        reruns=[float(mlp.relative_difference(r, ref)) for r in reruns],
+        disagree=toy.disagreement(ref, "inverted", run.standard.params, "standard"),
+        rerun_disagree=[toy.disagreement(ref, "inverted", r, "inverted") for r in reruns],
+    )
+
+
+def unmapped_epsilon(
+    toy: Toy, optimizer: type, *, lr: float, eps: float, form: str, perturb_seed: int = 5
+) -> dict:
+    """Chapter 5's forgotten epsilon: ``lr`` mapped, ``eps`` not, against a random perturbation.
+
+    The standard net gets ``lr / p_k`` on the consuming kernels but the
+    inverted net's ``eps`` (:func:`dropout_lib.exact.adaptive.standard_optimizer`
+    with ``eps_power=0``). Returned: ``gaps`` (its relative gap to the inverted
+    run after each step, entry 0 the start), ``flip`` (the first step at which
+    some hidden ReLU unit is on for some example in one run and off in the
+    other, :func:`dropout_lib.exact.divergence.first_flip`, or None) and
+    ``perturbed``: the final gap of the fully mapped standard run started from
+    ``params_std`` with every entry multiplied by ``1 +- gaps[1]`` (random
+    signs from ``default_rng(perturb_seed)``), a perturbation of the same
+    relative size as the first-step difference.
+    """
+    from dropout_lib.exact import adaptive, divergence
+
+    unmapped = adaptive.standard_optimizer(
+        optimizer, toy.params_inv, toy.keep_probs, lr=lr, eps=eps, form=form, eps_power=0
+    )
+    run = toy.compare_many(optimizer(lr, eps=eps, form=form), {"eps": unmapped})["eps"]
+    flips = divergence.activation_flips(run, toy.batches, toy.masks, keep_probs=toy.keep_probs)
+    signs = np.random.default_rng(perturb_seed)
+    start = {
+        n: w * (1 + run.gaps[1] * signs.choice([-1, 1], size=w.shape)) for n, w in toy.params_std.items()
+    }
+    mapped = adaptive.standard_optimizer(optimizer, toy.params_inv, toy.keep_probs, lr=lr, eps=eps, form=form)
+    return dict(
+        gaps=run.gaps,
+        flip=divergence.first_flip(flips),
+        perturbed=float(toy.control_gaps(run, mapped, start=start)[-1]),
     )
