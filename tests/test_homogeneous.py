@@ -156,3 +156,71 @@ def test_tied_embedding_map_keeps_the_function_and_needs_the_input_kernel():
     std = lc.tied_lm_to_standard(lm, 1.0, pk)
     np.testing.assert_allclose(std["W_in"], lm["W_in"] * pk, rtol=1e-15)
     assert limits.relative_mismatch(out1(std, "standard"), out1(lm, "inverted")) < 1e-14
+
+
+def test_global_map_with_adam_and_global_clipping():
+    """thm-global-clip-homogeneous, part 4: Adam with eta / lambda, lambda eps, lambda c."""
+    from dropout_lib.exact.optimizers import Adam
+
+    net, batches, masks = _setup(7)
+    # Adam divides out a gradient scale common to all steps: an unmapped threshold shows
+    # only through eps and the unclipped steps, so eps is 1e-3 here, not Keras's 1e-7
+    eta, eps, tau = 0.01, 1e-3, 0.2
+    lam = hom.global_scale(KP)
+    inv_opt = lambda: Adam(eta, eps=eps, global_clipnorm=tau)  # noqa: E731
+    mapped = Adam(eta / lam, eps=lam * eps, global_clipnorm=lam * tau)
+    gap, inv = _gap(net, batches, masks, 1 / lam, inv_opt(), mapped)
+    assert (inv.norms > tau).sum() > len(masks) // 2, "Adam's inverted run should clip often"
+    assert gap < MAP_TOL
+    wrong = Adam(eta / lam, eps=lam * eps, global_clipnorm=tau)  # threshold not mapped
+    assert _gap(net, batches, masks, 1 / lam, inv_opt(), wrong)[0] > GAP
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+def test_one_keep_prob_on_kernels_only_maps_the_threshold(activation):
+    """cor-global-clip-uniform: every clipped tensor a consuming kernel with one p -> c p."""
+    from dropout_lib.exact.optimizers import Adam
+
+    p, eta, tau = 0.7, 0.05, 0.2
+    kp = (p, p, p)
+    rng = np.random.default_rng(8)
+    net = {n: v for n, v in mlp.init_params(SIZES, rng).items() if n.startswith("W")}
+    batches = [(rng.normal(size=(16, SIZES[0])), rng.normal(size=(16, SIZES[-1]))) for _ in range(3)]
+    masks = [mlp.sample_masks(SIZES, kp, 16, rng) for _ in range(40)]
+    scales = {n: 1 / p for n in net}
+
+    def gap(opt_std, opt_inv):
+        return hom.compare_runs(net, scales, batches, masks, kp, opt_inv, opt_std, activation=activation)
+
+    sgd, inv = gap(SGD(eta / p**2, global_clipnorm=p * tau), SGD(eta, global_clipnorm=tau))
+    assert inv.norms.min() > tau
+    assert sgd < MAP_TOL
+    adam = gap(
+        Adam(0.01 / p, eps=p * 1e-3, global_clipnorm=p * tau), Adam(0.01, eps=1e-3, global_clipnorm=tau)
+    )[0]
+    assert adam < MAP_TOL
+    assert gap(SGD(eta / p**2, global_clipnorm=tau), SGD(eta, global_clipnorm=tau))[0] > GAP
+
+
+def test_shared_layer_downstream_map_needs_a_bias_free_layer():
+    """prop-shared-downstream: a bias-free shared layer, ReLU, an unshared head K -> K / p."""
+    rng = np.random.default_rng(9)
+    n, k, p = 6, 4, 0.6
+    layer = {"W": rng.normal(size=(n, k)), "b": 0.2 * rng.normal(size=k)}
+    head = {"K": rng.normal(size=(k, 2)), "c": 0.1 * rng.normal(size=2)}
+    h1, h2 = np.abs(rng.normal(size=(16, n))), rng.normal(size=(16, n))
+    masks = [sample_mask((16, n), p, rng) for _ in range(4)]
+
+    def mismatch(lay):
+        def out(K, v):
+            return limits.shared_downstream_outputs(
+                lay, {**head, "K": K}, h1, h2, masks, variant=v, keep_prob=p
+            )
+
+        return limits.relative_mismatch(out(head["K"] / p, "standard"), out(head["K"], "inverted"))
+
+    assert mismatch({**layer, "b": np.zeros(k)}) < 1e-14
+    assert mismatch(layer) > GAP
+    out = limits.shared_downstream_outputs(layer, head, h1, h2, [], variant="inverted", keep_prob=p)
+    assert out.shape == (16 * 2 + 16 * k,)  # y at inference, then z_2
+    np.testing.assert_array_equal(out[32:], (h2 @ layer["W"] + layer["b"]).ravel())

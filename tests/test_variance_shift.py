@@ -455,3 +455,31 @@ def test_equivalent_initial_moving_variance_maps_both_ways():
         vs.equivalent_initial_moving_variance(p, to="paper")
     with pytest.raises(ValueError, match="positive"):
         vs.equivalent_initial_moving_variance(p, 0.0)
+
+
+def test_layernorm_epsilon_map_both_directions_and_rms_scaling():
+    """prop-layernorm-map: LN(y / p; eps) = LN(y; p^2 eps), gamma and beta unchanged."""
+    rng = np.random.default_rng(11)
+    p, eps = 0.6, 1e-3
+    y = np.abs(rng.normal(size=(32, 8))) * (rng.random((32, 8)) < p)  # a dropped tensor
+    gamma, beta = rng.normal(size=8), rng.normal(size=8)
+    for rms in (False, True):
+        inv = vs.layernorm(y / p, eps, gamma, beta, rms_scaling=rms)
+        std = vs.layernorm(y, vs.equivalent_layernorm_epsilon(p, eps), gamma, beta, rms_scaling=rms)
+        np.testing.assert_allclose(std, inv, rtol=0, atol=1e-14)
+        back = vs.layernorm(
+            y / p, vs.equivalent_layernorm_epsilon(p, eps, to="inverted"), gamma, beta, rms_scaling=rms
+        )
+        np.testing.assert_allclose(back, vs.layernorm(y, eps, gamma, beta, rms_scaling=rms), atol=1e-14)
+        same = vs.layernorm(y, eps, gamma, beta, rms_scaling=rms)
+        assert np.abs(same - inv).max() > 1e-4  # epsilon unmapped: a real difference
+    # a bias between dropout and LayerNorm breaks it
+    b = rng.normal(size=8)
+    inv_b = vs.layernorm(y / p + b, eps)
+    std_b = vs.layernorm(y + b, vs.equivalent_layernorm_epsilon(p, eps))
+    assert np.abs(inv_b - std_b).max() > 1e-2
+    assert vs.equivalent_layernorm_epsilon(p, eps) == p**2 * eps
+    with pytest.raises(ValueError):
+        vs.equivalent_layernorm_epsilon(p, eps, to="keras")
+    with pytest.raises(ValueError):
+        vs.layernorm(np.zeros((2, 3)), 0.0)

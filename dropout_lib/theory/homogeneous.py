@@ -124,16 +124,25 @@ def loss_and_grads(
     variant: Variant,
     keep_probs: Sequence[float],
     masks: mlp.Masks,
+    activation: mlp.Activation = "relu",
 ) -> tuple[float, Params]:
-    """MSE loss and exact gradients of a ReLU MLP, with or without biases.
+    """MSE loss and exact gradients of an MLP (ReLU by default), with or without biases.
 
     A dict without ``b_k`` is a bias-free net: it is evaluated by
     :func:`dropout_lib.exact.mlp.loss_and_grads` with zero biases, and only the
     kernels' gradients are returned (a bias-free net has no bias to train or to
-    count in a global norm).
+    count in a global norm). ``activation`` is any of ``mlp``'s hidden
+    activations; the global map needs a positively homogeneous one (ReLU), the
+    consumer-side map with one keep probability on every layer input does not.
     """
     value, grads = mlp.loss_and_grads(
-        _with_zero_biases(params), x, y, variant=variant, keep_probs=keep_probs, masks=masks
+        _with_zero_biases(params),
+        x,
+        y,
+        variant=variant,
+        keep_probs=keep_probs,
+        masks=masks,
+        activation=activation,
     )
     return value, {n: grads[n] for n in params}
 
@@ -184,6 +193,7 @@ def train(
     keep_probs: Sequence[float],
     optimizer: Optimizer,
     steps: int,
+    activation: mlp.Activation = "relu",
 ) -> HomogeneousRun:
     """Train by ``optimizer`` for ``steps`` steps on given batches and masks (MSE loss).
 
@@ -193,6 +203,7 @@ def train(
     The loop is :func:`dropout_lib.exact.training.run` (gradient at
     ``optimizer.eval_point``, then ``optimizer.step``); this adds the norm
     ``||g_name||`` of every gradient it takes, before any clipping.
+    ``activation``: the hidden layers' (:func:`loss_and_grads`).
     """
     if steps < 0 or len(masks) < steps or not batches:
         raise ValueError(
@@ -203,7 +214,9 @@ def train(
 
     def gradients(t: int, at: Mapping[str, NDArray]) -> tuple[float, Params]:
         x, y = batches[t % len(batches)]
-        value, grads = loss_and_grads(at, x, y, variant=variant, keep_probs=keep_probs, masks=masks[t])
+        value, grads = loss_and_grads(
+            at, x, y, variant=variant, keep_probs=keep_probs, masks=masks[t], activation=activation
+        )
         for n, g in grads.items():
             norms[n].append(float(np.linalg.norm(g)))
         return value, grads
@@ -220,6 +233,7 @@ def compare_runs(
     keep_probs: Sequence[float],
     opt_inv: Optimizer,
     opt_std: Optimizer,
+    activation: mlp.Activation = "relu",
 ) -> tuple[float, HomogeneousRun]:
     """Train the inverted net from ``params`` and the standard net from ``s * params``.
 
@@ -227,9 +241,10 @@ def compare_runs(
     masks, with fresh optimizers ``opt_inv`` and ``opt_std``. Each standard
     snapshot is mapped back (``theta / s``) and compared with the inverted one
     (:func:`dropout_lib.exact.compare.trajectory_gaps`). Returns the largest
-    relative gap over the run, and the inverted run.
+    relative gap over the run, and the inverted run. ``activation``: the hidden
+    layers' (:func:`loss_and_grads`).
     """
-    kw = dict(keep_probs=keep_probs, steps=len(masks))
+    kw = dict(keep_probs=keep_probs, steps=len(masks), activation=activation)
     inv = train(params, batches, masks, variant="inverted", optimizer=opt_inv, **kw)
     std = train(rescale(params, scales), batches, masks, variant="standard", optimizer=opt_std, **kw)
     back = {n: 1.0 / float(s) for n, s in scales.items()}

@@ -15,7 +15,9 @@ it numerically:
   (:func:`fit_standard_two_input_layer`); and a layer *called* on a dropped
   and an undropped tensor, which gives two outputs ``d(h_1) @ W + b`` and
   ``h_2 @ W + b`` (:func:`shared_layer_outputs`,
-  :func:`fit_standard_shared_layer`);
+  :func:`fit_standard_shared_layer`), and the same layer with an unshared
+  head on its dropped call (:func:`shared_downstream_outputs`), where a
+  bias-free shared layer lets the head's kernel take the factor;
 * a tied autoencoder, decoder = encoder transposed, with dropout on its input
   (:func:`autoencoder`, :func:`autoencoder_loss_and_grads`,
   :func:`train_autoencoder`); for ReLU the map ``W -> W / sqrt(p)``,
@@ -71,6 +73,7 @@ __all__ = [
     "fit_standard_two_input_layer",
     "shared_layer_outputs",
     "fit_standard_shared_layer",
+    "shared_downstream_outputs",
     "autoencoder",
     "autoencoder_outputs",
     "autoencoder_loss_and_grads",
@@ -362,6 +365,38 @@ def fit_standard_shared_layer(
         fit_out = np.vstack([first @ sol1, second @ sol2])
     residual = relative_mismatch(fit_out, target)
     return Fit(residual=residual, params=fitted, residuals=[residual])
+
+
+def shared_downstream_outputs(
+    layer: Mapping[str, NDArray],
+    head: Mapping[str, NDArray],
+    h_dropped: ArrayLike,
+    h_clean: ArrayLike,
+    masks: Sequence[ArrayLike],
+    *,
+    variant: Variant,
+    keep_prob: float,
+) -> NDArray[np.float64]:
+    """A layer called twice, with an unshared head on its dropped call: the net's outputs.
+
+    The shared layer ``{'W', 'b'}`` gives ``z_1 = d(h_1) @ W + b`` and
+    ``z_2 = h_2 @ W + b`` (:func:`shared_layer_outputs`); the head ``{'K',
+    'c'}``, used nowhere else, reads the dropped call through ReLU:
+    ``y = relu(z_1) @ K + c``. Returns one flat vector: ``y`` for every mask
+    (training), ``y`` at inference, then ``z_2``, each flattened.
+
+    If ``b = 0``, the standard net's ``z_1`` is ``p`` times the inverted one's
+    (``m h_1 W = p (m h_1 / p) W`` in training, ``(p h_1) W`` at inference),
+    ReLU keeps the factor, and ``K / p`` removes it: the standard net with the
+    same shared layer and ``(K / p, c)`` computes the inverted net's outputs.
+    With ``b != 0``, ``relu(p z + b) != p relu(z + b)`` and ``K / p`` fails.
+    """
+    h1 = _as_2d("h_dropped", h_dropped)
+    k = np.asarray(head["K"], dtype=np.float64)
+    c = np.asarray(head["c"], dtype=np.float64)
+    z = shared_layer_outputs(layer, h1, h_clean, masks, variant=variant, keep_prob=keep_prob)
+    rows = (len(masks) + 1) * h1.shape[0]
+    return np.concatenate([(np.maximum(z[:rows], 0.0) @ k + c).ravel(), z[rows:].ravel()])
 
 
 # ----------------------------------------------------- 2. the tied autoencoder

@@ -35,6 +35,16 @@ Keras starts at 1), or the equality holds only up to ``momentum^T`` times the
 initial values. With the same ``eps`` the two differ by the factor of
 :func:`same_epsilon_output_ratio`.
 
+``LayerNormalization`` after dropout has the same map and nothing else to map:
+it normalises each example over its own features, ``(y - mean_f) / sqrt(var_f
++ eps)`` (or, with Keras's ``rms_scaling=True``, ``y / sqrt(var_f + eps)``),
+with no moving statistics, so ``eps -> p^2 eps`` (inverted to standard;
+``eps / p^2`` the other way) makes the two variants the same function of the
+same parameters, in training and at test time (:func:`layernorm`,
+:func:`equivalent_layernorm_epsilon`). Unlike BatchNorm it needs every
+normalised feature to carry the factor ``1 / p``: a bias between dropout and
+LayerNorm, or an undropped summand (a residual ``x + Dropout(F(x))``), breaks it.
+
 Keras's ``BatchNormalization`` updates ``moving = momentum * moving + (1 -
 momentum) * batch_stat`` with the *biased* (divide by ``B``) batch variance;
 :func:`moving_variance_law` gives the mean and standard deviation of the moving
@@ -66,6 +76,8 @@ __all__ = [
     "equivalent_epsilon",
     "equivalent_initial_moving_variance",
     "same_epsilon_output_ratio",
+    "layernorm",
+    "equivalent_layernorm_epsilon",
     "run_training_calls",
     "with_epsilon",
 ]
@@ -563,6 +575,70 @@ def same_epsilon_output_ratio(
     if np.any(v + eps == 0):
         raise ValueError("inverted_var + epsilon is 0 for some unit: BatchNorm is undefined.")
     return np.sqrt((v + eps) / (v + eps / p**2))
+
+
+# --------------------------------------------------------------------------- #
+# LayerNorm and its epsilon
+# --------------------------------------------------------------------------- #
+
+
+def layernorm(
+    y: ArrayLike,
+    epsilon: float,
+    gamma: ArrayLike = 1.0,
+    beta: ArrayLike = 0.0,
+    *,
+    rms_scaling: bool = False,
+) -> NDArray[np.float64]:
+    """Keras's ``LayerNormalization`` over the last axis, in float64.
+
+    ``gamma * (y - mean_f) / sqrt(var_f + epsilon) + beta`` with ``mean_f`` and
+    ``var_f`` (biased) over the last axis of each example; with
+    ``rms_scaling=True``, Keras 3's ``y / sqrt(var_f + epsilon) * gamma``
+    (no centring, no ``beta``). No moving statistics: training and test
+    compute the same map.
+    """
+    eps = _check_eps(epsilon)
+    arr = _as_float("y", y)
+    if arr.ndim < 1 or arr.shape[-1] < 1:
+        raise ValueError(f"y must have at least one feature on its last axis; got shape {arr.shape}.")
+    mean = arr.mean(axis=-1, keepdims=True)
+    var = arr.var(axis=-1, keepdims=True)
+    if np.any(var + eps == 0):
+        raise ValueError("var + epsilon is 0 for some example: LayerNorm would divide by 0.")
+    if rms_scaling:
+        return arr / np.sqrt(var + eps) * np.asarray(gamma)
+    return np.asarray(gamma) * (arr - mean) / np.sqrt(var + eps) + np.asarray(beta)
+
+
+def equivalent_layernorm_epsilon(keep_prob: float, epsilon: float, *, to: str = "standard") -> float:
+    """LayerNorm's epsilon that makes the two dropout variants one network.
+
+    Let LayerNorm read a dropped tensor ``y`` through positively homogeneous,
+    bias-free layers only (a bias-free ``Dense``, ReLU), so that with the same
+    mask the inverted variant's input is the standard one's over ``p``, on
+    *every* normalised feature. Then, with ``mean_f`` and ``var_f`` over the
+    normalised axes,
+
+    ``(y/p - mean_f/p) / sqrt(var_f/p^2 + eps) = (y - mean_f) / sqrt(var_f + p^2 eps)``
+
+    (and likewise for ``rms_scaling``), in training and at test time (the
+    inputs are ``x`` and ``p x``). ``gamma``, ``beta`` and every other weight
+    stay as they are, and so does the optimizer: the two nets are the same
+    function of the same parameters.
+
+    * ``to="standard"``: Keras's (inverted) net with ``epsilon`` -> the
+      paper's with ``p^2 * epsilon``;
+    * ``to="inverted"``: the paper's net with ``epsilon`` -> Keras's with
+      ``epsilon / p^2``.
+    """
+    p = check_keep_prob(keep_prob)
+    eps = _check_eps(epsilon)
+    if to == "standard":
+        return p**2 * eps
+    if to == "inverted":
+        return eps / p**2
+    raise ValueError(f"to must be 'standard' or 'inverted' (the variant the map leads to); got {to!r}.")
 
 
 # --------------------------------------------------------------------------- #
