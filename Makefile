@@ -139,7 +139,7 @@ test-portability: book
 # The PyTorch maps (dropout_lib.pytorch) checked on real torch: torch.nn.Dropout
 # and torch.optim train the inverted net against the paper's on the same masks,
 # every row of the recipe's PyTorch table, both directions. torch lives in an
-# environment of its own, .venv-pytorch (on Linux x86-64 PyPI's torch is a
+# environment of its own, .venv-pytorch (on Linux PyPI's torch is a
 # CUDA build of a few GB; `make book` and `make test` never need it), installed
 # from requirements-pytorch.txt in pip's hash-checking mode, wheels only. If
 # torch cannot be installed, this target fails: nothing is skipped.
