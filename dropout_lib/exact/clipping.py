@@ -27,9 +27,13 @@ it clipped, so a check can show that its clipping was not vacuous.
 The dropout maps (inverted -> standard), for a weight consuming a dropped
 layer with keep probability ``p``: its gradient is ``p`` times the inverted
 net's, so ``clipnorm`` and ``clipvalue`` map to ``c * p`` and ``v * p`` (both
-rules are positively homogeneous: ``C_{s c}(s g) = s C_c(g)`` for ``s > 0``);
-``global_clipnorm`` has no map (the global norm mixes rescaled and unrescaled
-gradients).
+rules are positively homogeneous: ``C_{s c}(s g) = s C_c(g)`` for ``s > 0``).
+``global_clipnorm`` has no threshold map under SGD when the map scales
+different tensors by different factors (the global norm mixes rescaled and
+unrescaled gradients: a bias, an undropped layer, two keep probabilities).
+When every clipped tensor is a kernel consuming a dropped layer with one keep
+probability ``p``, every gradient and so the global norm scale by ``p``, and
+``global_clipnorm`` maps to ``c * p`` (SGD and Adam; ``c / p`` the other way).
 """
 
 from __future__ import annotations

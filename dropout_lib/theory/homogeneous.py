@@ -16,7 +16,12 @@ Under it every gradient is multiplied by the same ``lambda``, so
 * SGD (with or without momentum) with learning rate ``eta / lambda^2`` and
 * ``global_clipnorm = lambda * c``
 
-reproduce the inverted run with ``eta`` and ``c`` (:func:`global_clip_map`).
+reproduce the inverted run with ``eta`` and ``c`` (:func:`global_clip_map`);
+Adam does with learning rate ``eta / lambda``, ``epsilon -> lambda * epsilon``
+and ``global_clipnorm = lambda * c`` (its moments scale by ``lambda`` and
+``lambda^2``). With one keep probability ``p`` on every layer's input, the
+consumer-side map (every kernel over ``p``) is this map with ``lambda = p``,
+and it needs no homogeneity: any activation (``activation=``), still no biases.
 With biases the function-preserving rescalings scale the bias gradients by
 other factors (:func:`bias_scales`), and the map fails.
 
