@@ -62,8 +62,9 @@ def test_storing_refuses_a_value_near_a_boundary(storing, monkeypatch):
 
 def test_outside_storing_a_value_near_a_boundary_warns_and_keeps_fewer_digits(not_storing, monkeypatch):
     assert publish.round_stable(0.12337, 4, 1e-4) == 0.1234  # margin noise, not 2 noise
-    with pytest.warns(publish.UnstableRoundingWarning, match="2 significant digit"):
+    with pytest.warns(publish.UnstableRoundingWarning, match="2 significant digit") as caught:
         assert publish.round_stable(0.12345, 4, 1e-3) == 0.12
+    assert caught[0].filename == __file__  # the caller's line, not publish.py's
     with pytest.warns(publish.UnstableRoundingWarning):
         assert publish.stable_text(0.12345, 4, 1e-3) == "0.12"
     with pytest.warns(publish.UnstableRoundingWarning, match="2 significant digit"):

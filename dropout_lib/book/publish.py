@@ -110,12 +110,16 @@ def _too_close(message: str, fallback: float, fewer: str) -> float:
     """Raise ``ValueError(message)`` while storing; else warn, and return ``fallback``."""
     if _storing():
         raise ValueError(message)
+    import sys
     import warnings
 
+    level, frame = 1, sys._getframe(0)
+    while frame is not None and frame.f_globals.get("__name__") == __name__:  # to the caller's line
+        level, frame = level + 1, frame.f_back
     warnings.warn(
         f"{message}. Not storing this run, so it continues with {fewer}.",
         UnstableRoundingWarning,
-        stacklevel=3,
+        stacklevel=level,
     )
     return fallback
 
