@@ -106,6 +106,13 @@ def _specs() -> list[tuple[str, str, float | None, Callable[[float, float, str],
     def global_clip(v, p, d):
         mapping.map_optimizer(O.SGD(0.1, global_clipnorm=v), p, d)  # raises
 
+    def layernorm(v, p, d):
+        from dropout_lib.theory import variance_shift
+
+        return variance_shift.equivalent_layernorm_epsilon(
+            p, v, to="inverted" if d == "to_inverted" else "standard"
+        )
+
     def shared(v, p, d):
         inp = keras.Input((4,))
         dense = keras.layers.Dense(3)
@@ -226,11 +233,21 @@ def _specs() -> list[tuple[str, str, float | None, Callable[[float, float, str],
             "all",
             1.0,
             global_clip,
-            "no consumer-side map with SGD ({prf:ref}`prop-global-clip`; `NoExactMapError`) "
-            "unless every clipped parameter is a consuming kernel with one keep probability "
-            "(then $c \\to c\\,p$ paper $\\to$ Keras, $c \\to c/p$ back); "
+            "no consumer-side map (proved with SGD, {prf:ref}`prop-global-clip`; "
+            "`NoExactMapError`), unless every clipped parameter is a consuming kernel "
+            "behind one keep probability: then $c \\to c/p$ paper $\\to$ Keras, $c \\to c\\,p$ "
+            "back, with SGD and Adam ({prf:ref}`cor-global-clip-uniform`); "
             "`clipnorm` instead trains a different model; "
             "the `Rescaling` pair below keeps the paper's recipe",
+        ),
+        (
+            "`LayerNormalization(epsilon)` reading the dropped units (directly or through "
+            "bias-free `Dense`, ReLU)",
+            "that LayerNormalization",
+            1e-3,
+            layernorm,
+            "and nothing else: not the kernels, not the optimizer "
+            "({prf:ref}`prop-layernorm-map`); instead of the consumer-side map",
         ),
         (
             "a kernel shared by a dropped and an undropped input",
@@ -352,10 +369,15 @@ def intro_table_markdown(keep_prob: float = KEEP_PROBS[0]) -> str:
 
 
 def other_table_markdown(keep_probs: Sequence[float] = KEEP_PROBS) -> str:
-    """The rows that keep their value or have no consumer-side map, both directions."""
+    """The rows that keep their value, map on another layer, or have no consumer-side map."""
     lines = ["| hyperparameter | either direction |", "| --- | --- |"]
     for a, b in zip(rows("to_inverted", keep_probs), rows("to_standard", keep_probs)):
         if a.where == _CONSUMING and a.power is not None:
+            continue
+        if a.power not in (None, 0) and b.power == -a.power:  # a map on another layer
+            lines.append(
+                f"| {a.what} | × {_factor(a.power)} paper $\\to$ Keras, × {_factor(b.power)} back, {a.note} |"
+            )
             continue
         if (a.power, b.power) not in ((None, None), (0, 0)):
             raise AssertionError(f"{a.what}: p^{a.power} one way, p^{b.power} the other")

@@ -107,7 +107,8 @@ def test_page_pytorch_table_is_the_librarys():
 
 # The exponent j of p^j paper -> Keras, from the book's theorems (thm-same-function,
 # thm-sgd-map, thm-adaptive-map, thm-l2-map, thm-decay-map, thm-max-norm-map,
-# prop-init-map, prop-clip-map); None: no map (prop-global-clip, thm-shared-no-map).
+# prop-init-map, prop-clip-map, prop-layernorm-map); None: no map (prop-global-clip,
+# thm-shared-no-map).
 THEOREMS = {
     "weights": 1,
     "initialiser scale": 1,
@@ -129,6 +130,7 @@ THEOREMS = {
     "`clipvalue`": -1,
     "`momentum`": 0,
     "`global_clipnorm`": None,
+    "`LayerNormalization": -2,  # prop-layernorm-map: epsilon / p^2 paper -> Keras
     "a kernel shared": None,
 }
 
@@ -329,6 +331,10 @@ def test_page_glued_names_exist(page):
 
     root = PAGE.parent
     text = (root / page).read_text(encoding="utf-8")
+    # myst-nb splits the role's text at its last ":" for the format, so `path::key`
+    # without a format looks up the key "path:" and pastes nothing: write `path::key:s`.
+    bare = re.findall(r"\{glue:\w+\}`[\w/.-]+\.ipynb::[\w-]+`", text)
+    assert not bare, f"{page}: a cross-page glue without a format pastes nothing: {bare}"
     for path, name in re.findall(r"\{glue:\w+\}`([\w/.-]+\.ipynb)::([\w-]+)[^`]*`", text):
         cells = json.loads((root / path).read_text(encoding="utf-8"))["cells"]
         names = {
