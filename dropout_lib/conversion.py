@@ -30,6 +30,19 @@ lets ``c`` pass where that is provably exact:
 * consumers (``Dense``, ``EinsumDense``, ``Conv*``, ``Conv*Transpose``,
   ``DepthwiseConv*``: ``kernel``; ``SeparableConv*``: ``depthwise_kernel``):
   linear in the input, they absorb ``c`` into the kernel, ``c -> 1``;
+* recurrent layers (``LSTM``, ``GRU``, ``SimpleRNN``): their pre-activations
+  are ``x_t W + h_{t-1} W_r + b``, and only ``x_t`` carries ``c``, so the input
+  ``kernel`` absorbs it (``W -> s W``, its optimizer mapped); the recurrent
+  kernel and the bias are unchanged, ``c -> 1``;
+* normalisations (chapter 10): the target reads ``t`` times the source's
+  input (``t = 1/s``), and ``(t y - t mu) / sqrt(t**2 var + eps')`` equals
+  ``(y - mu) / sqrt(var + eps)`` iff ``eps' = t**2 eps``; ``BatchNormalization``
+  also maps its moving mean ``x t`` and moving variance ``x t**2`` (linear
+  recursions of the batch statistics: the ratio holds at every step when it
+  holds at the start, so their initialisers map alike), gamma, beta and the
+  optimizer unchanged; ``LayerNormalization`` (also ``rms_scaling``),
+  ``GroupNormalization`` and ``RMSNormalization``: the epsilon only;
+  ``c -> 1``;
 * positively homogeneous layers without an offset, ``f(c x) = c f(x)`` for
   ``c > 0``: reshaping, cropping, zero padding, up-sampling, max and average
   pooling, ``ReLU`` (no ``max_value``/``threshold``), ``LeakyReLU``,
@@ -40,12 +53,12 @@ lets ``c`` pass where that is provably exact:
   (not normalised) multiply the inputs' ``c``.
 
 Everything else that receives ``c != 1`` is refused with the reason: a
-non-homogeneous activation (``tanh(c x) != c tanh(x)``); normalisation layers
-(``BatchNormalization``, ``LayerNormalization``, ...) divide by
-``sqrt(var + epsilon)`` and are scale-invariant only as ``epsilon -> 0``, with
-no kernel to absorb the rest; additive noise; a merge of a dropped with an
-undropped branch; a layer shared between a dropped and an undropped input;
-a dropped tensor that is a model output.
+non-homogeneous activation (``tanh(c x) != c tanh(x)``); ``UnitNormalization``
+(its hard-coded ``1e-12`` clamp has no hyperparameter to map); additive
+noise; a merge of a dropped with an undropped branch (a residual branch: the
+producer-side maps of chapter 8 are not implemented here); a layer shared
+between a dropped and an undropped input; a dropped tensor that is a model
+output. :attr:`Consumer.kind` says which map absorbed each factor.
 
 Hyperparameters tied to the consuming kernels map with the same ``s``
 (derivations in each function): L2 penalty ``l2 / s**2`` (``l2 * p**2`` to
@@ -186,6 +199,26 @@ _EPSILON_NORMALISERS: tuple[type, ...] = (
     L.UnitNormalization,
 ) + ((L.RMSNormalization,) if hasattr(L, "RMSNormalization") else ())
 
+#: Normalisations that absorb the factor by the epsilon map (chapter 10):
+#: ``eps -> t**2 eps``; BatchNorm also its moving statistics (``x t``, ``x t**2``).
+_EPSILON_MAPS: tuple[type, ...] = (
+    L.BatchNormalization,
+    L.LayerNormalization,
+    L.GroupNormalization,
+) + ((L.RMSNormalization,) if hasattr(L, "RMSNormalization") else ())
+
+#: Recurrent layers whose input kernel absorbs the factor (the recurrent kernel
+#: reads the state, which is the same in both variants).
+_RNN_INPUT: tuple[type, ...] = (L.LSTM, L.GRU, L.SimpleRNN)
+
+#: What absorbed a dropout's factor (``Consumer.kind``).
+KERNEL = "kernel"
+RECURRENT_INPUT_KERNEL = "recurrent input kernel"
+BATCH_NORMALIZATION = "batch normalization epsilon and moving statistics"
+NORMALIZATION_EPSILON = "normalization epsilon"
+#: Kinds whose variables are trained kernels (their optimizer is mapped).
+KERNEL_KINDS = (KERNEL, RECURRENT_INPUT_KERNEL)
+
 # How a refusal ends: the model can always stay on its own variant, and the
 # paper's variant runs in Keras unchanged (recipe.md, thm-rescaling-paper).
 KEEP_THE_VARIANT = (
@@ -222,11 +255,11 @@ def _homogeneous(layer: Any) -> bool:
 def _refusal(layer: Any, scale: float) -> str:
     name = f"layer {layer.name!r} ({type(layer).__name__})"
     head = f"{name} receives a dropped tensor (the two variants differ there by the factor {scale:.6g}) but "
-    if isinstance(layer, _EPSILON_NORMALISERS):
+    if isinstance(layer, L.UnitNormalization):
         why = (
-            "normalises by sqrt(variance + epsilon), which is invariant to the "
-            "scale only in the limit epsilon -> 0 (and keeps statistics of the "
-            "scaled input), and it has no kernel to absorb the rest"
+            "it divides by max(||x||^2, 1e-12)^(1/2), with the 1e-12 hard-coded (no "
+            "hyperparameter to map), so it is scale-invariant only where the norm is "
+            "not clamped"
         )
     elif isinstance(layer, (L.Activation, L.ReLU)):
         why = (
@@ -277,6 +310,23 @@ class Consumer:
         ``p``, the keep probability of the dropout feeding it (Keras's rate
         is ``1 - p``); the product of keep probabilities behind several
         dropouts. ``s = 1/p`` to standard, ``p`` to inverted.
+    kind
+        Which map absorbs the factor. ``'kernel'``: a Dense/Conv kernel,
+        ``W -> s W``, its optimizer mapped. ``'recurrent input kernel'``: an
+        LSTM/GRU/SimpleRNN's input ``kernel`` (``x_t W + h W_r + b``: only
+        ``x_t`` carries the factor; the recurrent kernel and the bias stay),
+        its optimizer mapped. ``'batch normalization epsilon and moving
+        statistics'``: the layer reads ``t = 1/s`` times the source's input
+        and normalises it, ``(t y - t mu) / sqrt(t**2 var + eps')`` equals the
+        source's ``(y - mu) / sqrt(var + eps)`` iff ``eps' = t**2 eps``
+        (chapter 10); the moving mean and variance, linear recursions of the
+        batch statistics, map ``x t`` and ``x t**2`` with their initialisers;
+        gamma, beta and the optimizer are unchanged. ``'normalization
+        epsilon'``: LayerNormalization (also ``rms_scaling``),
+        GroupNormalization, RMSNormalization: ``eps' = t**2 eps``, nothing
+        else.
+    dropouts
+        The names of the dropout layers whose factor this layer absorbs.
 
     Examples
     --------
@@ -291,6 +341,28 @@ class Consumer:
     layer: keras.layers.Layer
     variables: tuple[Any, ...]
     keep_prob: float
+    kind: str = KERNEL
+    dropouts: tuple[str, ...] = ()
+
+    def scales(self, direction: Direction) -> tuple[float, ...]:
+        """The factor of each of :attr:`variables` in the target: ``v_tgt = factor * v_src``.
+
+        Kernels (``kind`` ``'kernel'`` or ``'recurrent input kernel'``):
+        ``s = kernel_scale(keep_prob, direction)`` (``1/p`` to standard). A
+        BatchNormalization reads ``t = 1/s`` times the source's input (``p``
+        times to standard), so its moving mean is ``t`` and its moving
+        variance ``t**2`` times the source's.
+
+        >>> import keras
+        >>> bn = keras.layers.BatchNormalization()
+        >>> bn.build((None, 2))
+        >>> Consumer(bn, (bn.moving_mean, bn.moving_variance), 0.5, BATCH_NORMALIZATION).scales("to_standard")
+        (0.5, 0.25)
+        """
+        s = kernel_scale(self.keep_prob, direction)
+        if self.kind == BATCH_NORMALIZATION:
+            return (1.0 / s, 1.0 / s**2)
+        return (s,) * len(self.variables)
 
 
 def consumer_kernels(layer: keras.layers.Layer) -> tuple[Any, ...]:
@@ -310,6 +382,10 @@ def consumer_kernels(layer: keras.layers.Layer) -> tuple[Any, ...]:
     >>> [v.name for v in consumer_kernels(layer)]
     ['kernel']
     """
+    if type(layer) in _RNN_INPUT:
+        if not layer.built:
+            raise NotConvertibleError(f"layer {layer.name!r} is not built; build the model first.")
+        return (layer.cell.kernel,)
     names = _CONSUMER_KERNELS.get(type(layer))
     if names is None:
         raise NotConvertibleError(
@@ -333,9 +409,19 @@ class _Walk:
     def __init__(self) -> None:
         self.calls: dict[int, tuple[keras.layers.Layer, list[float]]] = {}
         self.order: list[int] = []
+        self.feeds: dict[int, set[str]] = {}
+        self._origins: tuple[frozenset[str], ...] = ()
 
-    def layer_out(self, layer: Any, ins: list[float]) -> float:
+    def origin_out(self, layer: Any, origins: list[frozenset[str]], out: float) -> frozenset[str]:
+        """The names of the dropouts whose factor the layer's output carries."""
+        if _close(out, 1.0):
+            return frozenset()
+        names = frozenset().union(*origins)
+        return names | {layer.name} if _is_dropout(layer) else names
+
+    def layer_out(self, layer: Any, ins: list[float], origins: list[frozenset[str]] | None = None) -> float:
         """The factor of the layer's outputs given its inputs' factors."""
+        self._origins = tuple(origins or ())
         out = self._layer_out(layer, ins)
         if not _close(out, 1.0) and getattr(layer, "activity_regularizer", None) is not None:
             raise NotConvertibleError(
@@ -355,12 +441,24 @@ class _Walk:
         if type(layer) in _CONSUMER_KERNELS:
             if not all(_close(c, ins[0]) for c in ins):
                 raise NotConvertibleError(_refusal(layer, ins[0]))
-            if id(layer) not in self.calls:
-                self.calls[id(layer)] = (layer, [])
-                self.order.append(id(layer))
-            self.calls[id(layer)][1].append(ins[0])
+            self._record(layer, ins[0])
             if not _close(ins[0], 1.0):
                 consumer_kernels(layer)  # LoRA / quantisation / unbuilt checks
+            return 1.0
+        if type(layer) in _RNN_INPUT:
+            # call(sequences, initial_state=..., mask=...): only the sequence may be dropped
+            if not all(_close(c, 1.0) for c in ins[1:]):
+                raise NotConvertibleError(
+                    f"layer {layer.name!r} ({type(layer).__name__}) receives a dropped "
+                    "initial state or mask: only its input sequence's factor can be "
+                    "absorbed (by its input kernel). Drop the sequence instead (a different "
+                    f"model), or {KEEP_THE_VARIANT}."
+                )
+            self._record(layer, ins[0])
+            return 1.0
+        if type(layer) in _EPSILON_MAPS and not _close(ins[0], 1.0):
+            (c,) = ins
+            self._record(layer, c)
             return 1.0
         if all(_close(c, 1.0) for c in ins):
             if isinstance(layer, keras.Model) and any(
@@ -377,6 +475,13 @@ class _Walk:
             return math.prod(ins)
         worst = next(c for c in ins if not _close(c, 1.0))
         raise NotConvertibleError(_refusal(layer, worst))
+
+    def _record(self, layer: Any, c: float) -> None:
+        if id(layer) not in self.calls:
+            self.calls[id(layer)] = (layer, [])
+            self.order.append(id(layer))
+        self.calls[id(layer)][1].append(c)
+        self.feeds.setdefault(id(layer), set()).update(*self._origins)
 
     def consumers(self) -> list[Consumer]:
         out = []
@@ -397,7 +502,17 @@ class _Walk:
                     "be rescaled for all of them."
                 )
             if not _close(factors[0], 1.0):
-                out.append(Consumer(layer, consumer_kernels(layer), factors[0]))
+                dropouts = tuple(sorted(self.feeds.get(key, ())))
+                if isinstance(layer, L.BatchNormalization):
+                    variables = (layer.moving_mean, layer.moving_variance)
+                    out.append(Consumer(layer, variables, factors[0], BATCH_NORMALIZATION, dropouts))
+                elif type(layer) in _EPSILON_MAPS:
+                    out.append(Consumer(layer, (), factors[0], NORMALIZATION_EPSILON, dropouts))
+                elif type(layer) in _RNN_INPUT:
+                    variables = consumer_kernels(layer)
+                    out.append(Consumer(layer, variables, factors[0], RECURRENT_INPUT_KERNEL, dropouts))
+                else:
+                    out.append(Consumer(layer, consumer_kernels(layer), factors[0], KERNEL, dropouts))
         return out
 
 
@@ -447,9 +562,11 @@ def dropout_consumers(model: keras.Model) -> list[Consumer]:
         raise NotConvertibleError(f"model {model.name!r} is not built; call it on data or give it an Input.")
     walk = _Walk()
     if isinstance(model, keras.Sequential):
-        c = 1.0
+        c, origin = 1.0, frozenset()
         for layer in model.layers:
-            c = walk.layer_out(layer, [c])
+            c_in = c
+            c = walk.layer_out(layer, [c_in], [origin])
+            origin = walk.origin_out(layer, [origin], c)
         _check_outputs([c])
         return walk.consumers()
     if not hasattr(model, "_nodes_by_depth"):
@@ -459,9 +576,11 @@ def dropout_consumers(model: keras.Model) -> list[Consumer]:
             "layers and keep_prob explicitly."
         )
     factor: dict[int, float] = {}
+    origin: dict[int, frozenset[str]] = {}
     for depth in sorted(model._nodes_by_depth, reverse=True):
         for node in model._nodes_by_depth[depth]:
             ins = [factor.get(id(t), 1.0) for t in node.input_tensors]
+            origins = [origin.get(id(t), frozenset()) for t in node.input_tensors]
             layer = node.operation
             if not isinstance(layer, keras.layers.Layer):
                 if all(_close(c, 1.0) for c in ins):
@@ -473,9 +592,10 @@ def dropout_consumers(model: keras.Model) -> list[Consumer]:
                         "known Keras layers are allowed on a dropped path."
                     )
             else:
-                out = walk.layer_out(layer, ins or [1.0])
+                out = walk.layer_out(layer, ins or [1.0], origins)
             for t in node.outputs:
                 factor[id(t)] = out
+                origin[id(t)] = walk.origin_out(layer, origins, out)
     _check_outputs([factor.get(id(t), 1.0) for t in model.outputs])
     return walk.consumers()
 
@@ -502,8 +622,7 @@ def converted_weights(model: keras.Model, direction: Direction) -> list[NDArray]
     check_direction(direction)
     scale: dict[int, float] = {}
     for consumer in dropout_consumers(model):
-        s = kernel_scale(consumer.keep_prob, direction)
-        for v in consumer.variables:
+        for v, s in zip(consumer.variables, consumer.scales(direction)):
             scale[id(v)] = s
     return [w * scale[id(v)] if id(v) in scale else w for v, w in zip(model.weights, model.get_weights())]
 

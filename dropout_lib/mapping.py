@@ -110,6 +110,7 @@ from keras import ops
 
 from dropout_lib.conversion import (
     KEEP_THE_VARIANT,
+    KERNEL_KINDS,
     NotConvertibleError,
     _keras_scalar,
     consumer_kernels,
@@ -766,7 +767,9 @@ def unmapped_optimizer(
     )
     if default is None or not isinstance(selector, _O.OptimizerMap):
         raise TypeError(f"{optimizer.name} has no OptimizerMap with a default optimizer. {shape}")
-    kernels = {id(v): c.keep_prob for c in dropout_consumers(model) for v in c.variables}
+    kernels = {
+        id(v): c.keep_prob for c in dropout_consumers(model) if c.kind in KERNEL_KINDS for v in c.variables
+    }
     for variable in model.trainable_variables:
         sub = selector(variable)
         if id(variable) not in kernels:
@@ -943,7 +946,8 @@ def mapped_multi_optimizer(
             "by walking the model."
         )
     if consuming_layers is None:
-        groups = [(c.keep_prob, c.variables) for c in dropout_consumers(model)]
+        # normalisations absorb their factor without a change of optimizer
+        groups = [(c.keep_prob, c.variables) for c in dropout_consumers(model) if c.kind in KERNEL_KINDS]
     else:
         check_keep_prob(keep_prob)
         layers = _resolve_layers(model, consuming_layers)

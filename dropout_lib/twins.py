@@ -76,8 +76,13 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from dropout_lib.conversion import (
+    BATCH_NORMALIZATION,
     KEEP_THE_VARIANT,
+    KERNEL_KINDS,
+    RECURRENT_INPUT_KERNEL,
     Consumer,
+    ScaledInitializer,
+    _plain_initializer,
     convert_weights,
     converted_weights,
     dropout_consumers,
@@ -491,7 +496,10 @@ def _clone(model: keras.Model, variant: Variant, mapped: dict[int, dict[str, Any
             return _swap(layer, variant)
         new = layer.__class__.from_config(layer.get_config())
         for key, value in mapped.get(id(layer), {}).items():
-            setattr(new, key, value)
+            if key.startswith("cell."):
+                setattr(new.cell, key[len("cell.") :], value)
+            else:
+                setattr(new, key, value)
         _copy_lookup_state(layer, new)
         return new
 
@@ -516,6 +524,9 @@ def _mapped_hyperparameters(consumers: Sequence[Consumer], direction: Direction)
     mapped: dict[int, dict[str, Any]] = {}
     for consumer in consumers:
         layer, p = consumer.layer, consumer.keep_prob
+        if consumer.kind not in KERNEL_KINDS:
+            mapped[id(layer)] = _normalization_map(consumer, direction)
+            continue
         prefix = _KERNEL_PREFIX.get(type(layer), "kernel")
         maps = (
             ("regularizer", map_regularizer, keras.regularizers),
@@ -537,8 +548,36 @@ def _mapped_hyperparameters(consumers: Sequence[Consumer], direction: Direction)
                 raise NotConvertibleError(
                     f"layer {layer.name!r} ({type(layer).__name__}): its {key} has no exact map: {error}"
                 ) from error
+        if consumer.kind == RECURRENT_INPUT_KERNEL:  # the RNN layer reads them from its cell
+            attributes = {f"cell.{key}": value for key, value in attributes.items()}
         mapped[id(layer)] = attributes
     return mapped
+
+
+def _scaled_initializer(initializer: Any, factor: float) -> Any:
+    """``factor`` times ``initializer``'s draws: a plain Keras initializer where one exists."""
+    initializer = keras.initializers.get(initializer)
+    plain = _plain_initializer(initializer, factor, None)
+    return plain if plain is not None else ScaledInitializer(initializer, factor)
+
+
+def _normalization_map(consumer: Consumer, direction: Direction) -> dict[str, Any]:
+    """Chapter 10's epsilon map for a normalisation that reads the dropped tensor.
+
+    The layer reads ``t = 1/s`` times the source's input (``p`` times to
+    standard), so ``eps -> t**2 eps``; a BatchNormalization's moving-statistics
+    initialisers map ``x t`` (mean) and ``x t**2`` (variance), as its moving
+    statistics do (:meth:`Consumer.scales`).
+    """
+    layer = consumer.layer
+    t = 1.0 / kernel_scale(consumer.keep_prob, direction)
+    attributes: dict[str, Any] = {"epsilon": np.float64(float(layer.epsilon) * t**2)}
+    if consumer.kind == BATCH_NORMALIZATION:
+        attributes["moving_mean_initializer"] = _scaled_initializer(layer.moving_mean_initializer, t)
+        attributes["moving_variance_initializer"] = _scaled_initializer(
+            layer.moving_variance_initializer, t**2
+        )
+    return attributes
 
 
 @dataclass(frozen=True)
@@ -572,6 +611,27 @@ class ConvertedModel:
     direction: Direction
     consumers: tuple[Consumer, ...]
 
+    @property
+    def maps(self) -> dict[str, tuple[tuple[str, str], ...]]:
+        """Which map absorbed each dropout: its name -> ``((layer name, kind), ...)``.
+
+        ``kind`` is :attr:`dropout_lib.conversion.Consumer.kind` (``'kernel'``,
+        ``'recurrent input kernel'``, ``'batch normalization epsilon and
+        moving statistics'``, ``'normalization epsilon'``).
+
+        >>> import keras
+        >>> from dropout_lib.layers import StandardDropout
+        >>> model = keras.Sequential([keras.Input((3,)), StandardDropout(0.5, name="drop"),
+        ...                           keras.layers.LayerNormalization(name="norm"), keras.layers.Dense(2)])
+        >>> convert_model(model, to="inverted").maps
+        {'drop': (('norm', 'normalization epsilon'),)}
+        """
+        out: dict[str, list[tuple[str, str]]] = {}
+        for consumer in self.consumers:
+            for name in consumer.dropouts:
+                out.setdefault(name, []).append((consumer.layer.name, consumer.kind))
+        return {name: tuple(pairs) for name, pairs in out.items()}
+
 
 def convert_model(
     model: keras.Model,
@@ -598,7 +658,28 @@ def convert_model(
     is :func:`dropout_lib.mapping.map_optimizer` (e.g. SGD ``lr / p**2`` to
     standard), every other variable keeps the source's optimizer, in one
     ``keras.optimizers.MultiOptimizer`` (per-variable optimizers, in Keras
-    3.15, the version this package is tested with).
+    3.15, the version this package is tested with). The mapped learning rate
+    follows the default sub-optimizer's
+    (:class:`~dropout_lib.mapping.FollowingLearningRate`), so Keras's
+    ``LearningRateScheduler`` and ``ReduceLROnPlateau``, which set every
+    sub-optimizer's rate, keep the map.
+
+    Where no kernel reads the dropped tensor first, a normalisation or a
+    recurrent layer may absorb the factor (chapter 10): BatchNormalization
+    (``epsilon * t**2``, moving mean ``* t``, moving variance ``* t**2`` and
+    their initialisers, ``t = p`` to standard, ``1/p`` to inverted; no change
+    of optimizer), LayerNormalization, GroupNormalization, RMSNormalization
+    (``epsilon * t**2``), and the input ``kernel`` of LSTM, GRU and SimpleRNN
+    (like a Dense kernel; the recurrent kernel is unchanged).
+    :attr:`ConvertedModel.maps` says which map absorbed each dropout.
+
+    Other random layers: Keras's own (``GaussianNoise``, the ``Random*``
+    augmentation layers) get copies of their generator states; any other
+    layer that may draw random numbers (ConvNeXt's ``StochasticDepth``) is
+    refused, naming it. Lookup tables (an adapted ``StringLookup`` or
+    ``TextVectorization``) are copied into the clone. A model without a
+    dropout layer is copied with a
+    :class:`~dropout_lib.validation.NothingToConvertWarning`.
 
     Parameters
     ----------
@@ -613,7 +694,11 @@ def convert_model(
         variant of the returned model.
     optimizer
         The optimizer that trains ``model`` (not modified). ``None``: the
-        optimizer ``model`` was compiled with, if any.
+        optimizer ``model`` was compiled with, if any. A ``MultiOptimizer``
+        that ``convert_model`` returned converts back: with the model it
+        trains, ``to`` the other variant, the result is its default
+        optimizer, the original hyperparameters
+        (:func:`dropout_lib.mapping.unmapped_optimizer`).
 
     Returns
     -------
@@ -632,7 +717,9 @@ def convert_model(
         ``AlphaDropout``), a dropout already of the target variant, a
         kernel shared between dropped and undropped inputs, a dropped tensor
         reaching a layer that neither absorbs nor commutes with the factor
-        (``tanh``, normalisation, an unknown layer), a consuming kernel with
+        (``tanh``, ``UnitNormalization``, a residual ``Add``, an unknown
+        layer), a layer that may draw random numbers and is not a known
+        dropout, a lookup table that cannot be copied, a consuming kernel with
         ``keras.constraints.MaxNorm`` or an unknown regulariser, a subclassed
         or unbuilt model.
     dropout_lib.validation.NoExactMapError
@@ -641,13 +728,20 @@ def convert_model(
         If the optimizer has already taken steps (``iterations > 0``): its
         state is not carried over, so convert before training.
     TypeError
-        If ``optimizer`` is not an optimizer instance.
+        If ``optimizer`` is not an optimizer instance, or a
+        ``MultiOptimizer`` of another form than the one returned here.
 
     Notes
     -----
     Keras 3.15.1 cannot load a saved model compiled with the returned
     ``MultiOptimizer`` (``keras.saving.load_model`` fails on its state): save
-    weights, or load with ``compile=False``.
+    weights, or load with ``compile=False``. A model converted to
+    ``'inverted'`` holds only Keras classes (the consuming kernels'
+    initialisers are plain Keras initialisers,
+    :func:`dropout_lib.conversion.map_initializer`) and loads in any process;
+    one converted to ``'standard'`` holds ``StandardDropout``: ``import
+    dropout_lib.conversion`` (which registers the package's Keras classes)
+    before ``keras.models.load_model``.
 
     Examples
     --------
@@ -795,6 +889,8 @@ def scale_consumer_biases(model: keras.Model, direction: str) -> int:
     """
     n = 0
     for consumer in dropout_consumers(model):
+        if consumer.kind not in KERNEL_KINDS:
+            continue
         bias = getattr(consumer.layer, "bias", None)
         if bias is None:
             continue

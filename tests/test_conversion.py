@@ -219,8 +219,7 @@ def _nested():
 
 
 REFUSED = [
-    ("BatchNormalization", lambda: _chain(L.BatchNormalization()), "epsilon"),
-    ("LayerNormalization", lambda: _chain(L.LayerNormalization()), "epsilon"),
+    ("UnitNormalization", lambda: _chain(L.UnitNormalization()), "1e-12 hard-coded"),
     ("tanh", lambda: _chain(L.Activation("tanh")), "homogeneous"),
     ("ReLU max_value", lambda: _chain(L.ReLU(max_value=6.0)), "homogeneous"),
     ("GaussianNoise", lambda: _chain(L.GaussianNoise(0.1)), "adds noise"),
@@ -230,6 +229,21 @@ REFUSED = [
     ("keras op on dropped tensor", _op_on_dropped, "only known Keras layers"),
     ("nested model with dropout", _nested, "nested model"),
 ]
+
+
+def test_normalisations_and_recurrent_layers_absorb_the_factor():
+    """BatchNorm / LayerNorm (epsilon map), an LSTM (its input kernel): consumers of their kind."""
+    for layer, kind in (
+        (L.BatchNormalization(), conversion.BATCH_NORMALIZATION),
+        (L.LayerNormalization(), conversion.NORMALIZATION_EPSILON),
+        (L.GroupNormalization(groups=2), conversion.NORMALIZATION_EPSILON),
+    ):
+        (consumer,) = conversion.dropout_consumers(_chain(layer))
+        assert consumer.kind == kind and consumer.layer is layer and consumer.keep_prob == 0.5
+    x = keras.Input((5, 6))
+    lstm = L.LSTM(3)
+    (consumer,) = conversion.dropout_consumers(keras.Model(x, lstm(L.Dropout(0.5)(x))))
+    assert consumer.kind == conversion.RECURRENT_INPUT_KERNEL and consumer.variables == (lstm.cell.kernel,)
 
 
 @pytest.mark.parametrize("build, why", [pytest.param(b, w, id=i) for i, b, w in REFUSED])

@@ -53,8 +53,8 @@ def _rel(a, b):
 
 # Layers a dropped tensor may meet. "ok" ones pass or absorb the factor; the
 # others must be refused when they receive a dropped tensor.
-ALLOWED = ("dropout", "dense", "relu", "dense_relu")
-REFUSED_ON_DROPPED = ("tanh", "layernorm", "skip_add", "shared_dense")
+ALLOWED = ("dropout", "dense", "relu", "dense_relu", "layernorm")  # LayerNorm: the epsilon map
+REFUSED_ON_DROPPED = ("tanh", "unitnorm", "skip_add", "shared_dense")
 
 
 @st.composite
@@ -65,7 +65,10 @@ def graphs(draw):
 
 
 def build(ops, rates):
-    """A functional model from the op list, ending with a Dense output; returns (model, n_dense)."""
+    """A functional model from the op list, ending with a Dense output; returns (model, K).
+
+    ``K`` counts the Dense and LayerNormalization layers, the ones that may absorb a factor.
+    """
     x = keras.Input((4,))
     h, seen, first_dense, n_dense = x, [x], None, 1
     for i, (op, rate) in enumerate(zip(ops, rates)):
@@ -86,6 +89,9 @@ def build(ops, rates):
             h = L.Activation("tanh")(h)
         elif op == "layernorm":
             h = L.LayerNormalization()(h)
+            n_dense += 1  # it may absorb a factor: one more rounding budget
+        elif op == "unitnorm":
+            h = L.UnitNormalization()(h)
         elif op == "skip_add":
             h = L.Add()([h, seen[len(seen) // 2]])
         elif op == "shared_dense":
@@ -259,7 +265,10 @@ REFUSALS = {
     ),
     "shared matrix": (_shared, "shared"),
     "unknown consumer": (lambda: _seq(L.Dropout(0.5), L.Activation("tanh", name="act"), L.Dense(2)), "act"),
-    "normalisation": (lambda: _seq(L.Dropout(0.5), L.BatchNormalization(name="bn"), L.Dense(2)), "bn"),
+    "unit normalisation": (
+        lambda: _seq(L.Dropout(0.5), L.UnitNormalization(name="un"), L.Dense(2)),
+        r"'un'.*1e-12 hard-coded",
+    ),
     "dropped output": (lambda: _seq(L.Dense(2), L.Dropout(0.5)), "output"),
     "keras max-norm": (
         lambda: _seq(L.Dropout(0.5), L.Dense(2, kernel_constraint=keras.constraints.MaxNorm(2), name="mn")),

@@ -140,7 +140,7 @@ def test_an_adapted_vocabulary_survives_the_clone():
 
 
 def _fit(model, optimizer, callback, epochs=3):
-    model.compile(optimizer=optimizer, loss="mse")
+    model.compile(optimizer=optimizer, loss="mse", run_eagerly=True)  # no tracing: tiny models
     model.fit(X, Y, batch_size=8, epochs=epochs, shuffle=False, verbose=0, callbacks=[callback])
 
 
@@ -155,8 +155,9 @@ CALLBACKS = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(CALLBACKS))
-@pytest.mark.parametrize("to", ["inverted", "standard"])
+@pytest.mark.parametrize(
+    "name,to", [("absolute LearningRateScheduler", "inverted"), ("ReduceLROnPlateau to min_lr", "standard")]
+)
 def test_learning_rate_callbacks_keep_the_map(name, to, f64):
     """Keras's callbacks set each sub-optimizer's rate; the kernels' follows the default's times k."""
     make, steps = CALLBACKS[name], 6
