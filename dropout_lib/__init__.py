@@ -27,6 +27,10 @@ to_standard, to_inverted
     compiling a whole model with it is wrong: use ``convert_model``.
 NoExactMapError, NotConvertibleError
     Raised instead of returning an approximation.
+verify
+    Trains copies of a model and of its conversion in step and reports the
+    weight gap per step beside a one-ulp control: exactness made visible on
+    a model whose float64 training is chaotic.
 
 The public modules are :mod:`dropout_lib.layers`, :mod:`dropout_lib.mapping`,
 :mod:`dropout_lib.conversion`, :mod:`dropout_lib.twins`,
@@ -54,6 +58,7 @@ _PUBLIC = {
     "NoExactMapError": "dropout_lib.validation",
     "convert_model": "dropout_lib.twins",
     "NotConvertibleError": "dropout_lib.validation",
+    "verify": "dropout_lib.twins",
 }
 
 __all__ = sorted(_PUBLIC)

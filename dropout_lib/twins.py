@@ -128,6 +128,8 @@ __all__ = [
     "share_masks",
     "spatial_noise_shape",
     "twin",
+    "verify",
+    "Verification",
 ]
 
 
@@ -1135,3 +1137,179 @@ def compare_mlp_twins(
     y_std = mlp.predict(params_std, x, variant="standard", **kw)
     bitwise = bool(np.array_equal(z_std, z_inv) and np.array_equal(y_std, y_inv))
     return TwinComparison((relative_difference(z_std, z_inv),), relative_difference(y_std, y_inv), bitwise)
+
+
+# ------------------------------------------------------------ seeing exactness
+
+
+@dataclass(frozen=True)
+class Verification:
+    """What :func:`verify` measured, step by step.
+
+    Attributes
+    ----------
+    gaps
+        After each training step ``t`` (``gaps[0]`` before any), the largest
+        relative difference between a weight of the source and the same
+        weight of the conversion mapped back (a consuming kernel divided by
+        its factor ``s``), ``max_v ||v_tgt / s - v_src||_inf / ||v_src||_inf``.
+    controls
+        The same distance between the source and a copy of it whose every
+        float weight was moved by one ulp, trained alike: how far rounding
+        alone carries a run on this model.
+    tolerance_factor
+        ``10 * ULPS_PER_LAYER * K`` (``K`` the layers that absorb a factor):
+        the conversion rounds ``p`` at other places, a few ulps per such
+        layer and step (:func:`rounding_tolerance`), where the control starts
+        one ulp apart; both then grow at the model's own rate (the factor 10
+        bounds the gain, as in the package's tests).
+
+    Examples
+    --------
+    >>> Verification(gaps=(0.0, 2e-16), controls=(1e-16, 3e-16), tolerance_factor=40.0).exact
+    True
+    """
+
+    gaps: tuple[float, ...]
+    controls: tuple[float, ...]
+    tolerance_factor: float
+
+    @property
+    def exact(self) -> bool:
+        """Every step's gap within ``tolerance_factor * max(control, eps)``: rounding, not a wrong map."""
+        eps = float(np.finfo(np.float64).eps)
+        return all(g <= self.tolerance_factor * max(c, eps) for g, c in zip(self.gaps, self.controls))
+
+
+#: Attributes that may hold a mapped object a config would round (an L2 factor
+#: stored as numpy.float64 becomes a Python float, which Keras casts through float32).
+_MAPPED_ATTRIBUTES = tuple(
+    f"{prefix}_{suffix}"
+    for prefix in ("kernel", "depthwise", "moving_mean", "moving_variance")
+    for suffix in ("regularizer", "constraint", "initializer")
+) + ("epsilon",)
+
+
+def _copy_attributes(source: Any, target: Any) -> None:
+    for name in _MAPPED_ATTRIBUTES:
+        if name in vars(source):  # instance attributes only (an RNN's are its cell's)
+            setattr(target, name, vars(source)[name])
+    if hasattr(source, "cell") and hasattr(target, "cell"):
+        _copy_attributes(source.cell, target.cell)
+
+
+def _copy_model(model: keras.Model) -> keras.Model:
+    """A copy with the same weights, mapped attributes and generator states (the same masks)."""
+
+    def clone(layer: keras.layers.Layer) -> keras.layers.Layer:
+        new = layer.__class__.from_config(layer.get_config())
+        _copy_attributes(layer, new)
+        _copy_lookup_state(layer, new)
+        return new
+
+    copy = keras.models.clone_model(model, clone_function=clone)
+    copy.set_weights(model.get_weights())
+    for a, b in zip(model._flatten_layers(include_self=False), copy._flatten_layers(include_self=False)):
+        for gen_a, gen_b in zip(a._seed_generators, b._seed_generators):
+            _copy_state(gen_a, gen_b)
+    return copy
+
+
+def _weight_gap(source: keras.Model, target: keras.Model, factor: Mapping[str, float]) -> float:
+    gaps = [0.0]
+    for w, v in zip(source.weights, target.weights):
+        a, b = np.asarray(_numpy(w), np.float64), np.asarray(_numpy(v), np.float64) / factor.get(v.path, 1.0)
+        if a.dtype.kind == "f" and a.size:
+            gaps.append(
+                float(np.max(np.abs(b - a)) / max(float(np.max(np.abs(a))), np.finfo(np.float64).tiny))
+            )
+    return max(gaps)
+
+
+def verify(
+    source: keras.Model,
+    converted: ConvertedModel,
+    x: ArrayLike,
+    y: ArrayLike,
+    steps: int,
+    *,
+    optimizer: keras.optimizers.Optimizer | None = None,
+    loss: Any = "mse",
+    batch_size: int | None = None,
+) -> Verification:
+    r"""Train copies of ``source`` and of ``converted.model`` in step and report the gap per step.
+
+    On a real architecture float64 training is chaotic: after a few dozen
+    steps a copy moved by one ulp ends as far from the source as anything
+    else, so final weights cannot tell an exact conversion from a wrong one.
+    The gap *per step*, beside that one-ulp control, can: an exact
+    conversion stays within a few ulps per absorbing layer of the control at
+    every step (:attr:`Verification.exact`), a wrong one is ``O(1 - p)``
+    apart from the first step.
+
+    Copies are trained (``source``, ``converted.model`` and their optimizers
+    are not modified): the source's with a clone of ``optimizer`` (default:
+    the optimizer ``source`` was compiled with), the conversion's with the
+    map of that optimizer (:func:`dropout_lib.mapping.mapped_multi_optimizer`),
+    the control (every float weight of the source moved by one ulp,
+    :func:`numpy.nextafter`) with a clone. All three draw the same masks
+    (generator states copied) and see the same batches: ``x[i*b:(i+1)*b]``
+    for step ``i``, ``b = batch_size`` (default ``len(x) // steps``). After
+    step ``t`` a consuming kernel compares as ``W_tgt / s`` with ``W_src``
+    (``s = 1/p`` to standard), a BatchNorm's moving statistics as ``/ t`` and
+    ``/ t**2``.
+
+    Examples
+    --------
+    >>> import keras, numpy as np
+    >>> import dropout_lib as dl
+    >>> with dl.twins.keras_float64():
+    ...     paper = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4, activation="relu"),
+    ...                               dl.StandardDropout(0.5, seed=1), keras.layers.Dense(2)])
+    ...     ported = dl.convert_model(paper, to="inverted")
+    ...     x, y = np.ones((8, 3)), np.zeros((8, 2))
+    ...     result = dl.verify(paper, ported, x, y, steps=2, optimizer=keras.optimizers.SGD(0.1))
+    >>> len(result.gaps), result.exact
+    (3, True)
+    """
+    if not isinstance(converted, ConvertedModel):
+        raise TypeError(f"converted must be what convert_model returns; got {type(converted).__name__}.")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive integer; got {steps!r}.")
+    x, y = np.asarray(x), np.asarray(y)
+    b = batch_size if batch_size is not None else len(x) // steps
+    if b < 1 or b * steps > len(x):
+        raise ValueError(f"{steps} steps of batch {b} need {steps * b} rows; x has {len(x)}.")
+    optimizer = optimizer if optimizer is not None else getattr(source, "optimizer", None)
+    if optimizer is None:
+        raise ValueError("pass optimizer= (the source is not compiled): verify trains with it.")
+    runs = {
+        "source": _copy_model(source),
+        "target": _copy_model(converted.model),
+        "control": _copy_model(source),
+    }
+    for v in runs["control"].weights:
+        value = np.asarray(_numpy(v))
+        if value.dtype.kind == "f":
+            v.assign(np.nextafter(value, np.inf))
+    runs["source"].compile(optimizer=clone_optimizer(optimizer), loss=loss)
+    runs["control"].compile(optimizer=clone_optimizer(optimizer), loss=loss)
+    runs["target"].compile(
+        optimizer=mapped_multi_optimizer(runs["target"], optimizer, converted.direction), loss=loss
+    )
+    factor = {
+        v.path: f
+        for c in dropout_consumers(runs["target"])
+        for v, f in zip(c.variables, c.scales(converted.direction))
+    }
+    n_absorbing = max(1, len(converted.consumers))
+    gaps = [_weight_gap(runs["source"], runs["target"], factor)]
+    controls = [_weight_gap(runs["source"], runs["control"], {})]
+    with quiet_tensorflow():
+        for i in range(steps):
+            batch = slice(i * b, (i + 1) * b)
+            for model in runs.values():
+                model.train_on_batch(x[batch], y[batch])
+            gaps.append(_weight_gap(runs["source"], runs["target"], factor))
+            controls.append(_weight_gap(runs["source"], runs["control"], {}))
+    return Verification(tuple(gaps), tuple(controls), float(10 * ULPS_PER_LAYER * n_absorbing))

@@ -393,7 +393,7 @@ def test_import_is_lazy_and_the_public_names_resolve():
         "assert 'keras' not in sys.modules and 'tensorflow' not in sys.modules; "
         "assert dict(os.environ) == before; "
         "assert sorted(dl.__all__) == ['NoExactMapError', 'NotConvertibleError', 'StandardDropout', "
-        "'convert_model', 'to_inverted', 'to_standard'], dl.__all__; "
+        "'convert_model', 'to_inverted', 'to_standard', 'verify'], dl.__all__; "
         "from dropout_lib import validation; "
         "assert dl.NotConvertibleError is validation.NotConvertibleError; "
         "assert 'keras' not in sys.modules"

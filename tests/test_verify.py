@@ -1,0 +1,75 @@
+"""dl.verify: exactness made visible step by step, beside a one-ulp control (issue 19, item 4).
+
+Its decision rule (``Verification.exact``): every step's gap within
+``10 * ULPS_PER_LAYER * K`` times the one-ulp control's distance (or eps),
+the rounding budget of the package's tests. A wrong map (biases scaled too,
+the book's negative control) is ``O(1 - p)`` apart from the start.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import dropout_lib as dl  # noqa: E402
+from dropout_lib import twins  # noqa: E402
+
+L = keras.layers
+RNG = np.random.default_rng(2)
+X, Y = RNG.normal(size=(12, 4)), RNG.normal(size=(12, 3))
+
+
+def paper_net():
+    return keras.Sequential(
+        [
+            keras.Input((4,)),
+            L.Dense(8, "relu", kernel_initializer=keras.initializers.HeNormal(seed=1)),
+            dl.StandardDropout(0.3, seed=1),
+            L.Dense(
+                3,
+                kernel_regularizer=keras.regularizers.L2(0.01),
+                bias_initializer=keras.initializers.RandomNormal(stddev=0.5, seed=2),
+                name="out",
+            ),
+        ]
+    )
+
+
+def test_verify_tells_an_exact_conversion_from_a_wrong_one():
+    with twins.keras_float64():
+        paper = paper_net()
+        ported = dl.convert_model(paper, to="inverted")
+        sgd = keras.optimizers.SGD(0.1, momentum=0.9)
+        good = dl.verify(paper, ported, X, Y, steps=3, optimizer=sgd)
+        wrong_model = twins._copy_model(ported.model)
+        twins.scale_consumer_biases(wrong_model, "to_inverted")  # the wrong map: biases too
+        wrong = dl.verify(
+            paper,
+            twins.ConvertedModel(wrong_model, None, ported.direction, ported.consumers),
+            X,
+            Y,
+            steps=3,
+            optimizer=sgd,
+        )
+    assert good.exact and len(good.gaps) == len(good.controls) == 4
+    assert max(good.gaps) <= 4 * 2.0**-52 * 10 * 3, good  # rounding level, as the tests' budget
+    assert not wrong.exact and max(wrong.gaps) > 1e-3, wrong
+
+
+def test_verify_leaves_the_models_alone_and_checks_its_arguments():
+    with twins.keras_float64():
+        paper = paper_net()
+        before = [w.copy() for w in paper.get_weights()]
+        ported = dl.convert_model(paper, to="inverted")
+        dl.verify(paper, ported, X, Y, steps=1, optimizer=keras.optimizers.SGD(0.1))
+        for a, b in zip(before, paper.get_weights()):
+            np.testing.assert_array_equal(a, b)
+        with pytest.raises(ValueError, match="optimizer="):
+            dl.verify(paper, ported, X, Y, steps=1)
+        with pytest.raises(ValueError, match="need 24 rows"):
+            dl.verify(paper, ported, X, Y, steps=2, batch_size=12, optimizer=keras.optimizers.SGD(0.1))
