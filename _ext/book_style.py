@@ -10,6 +10,13 @@ The rules:
   of the text around them: with 864 of them bold, test counts and ulps stood
   out more than the hyperparameters a reader came for. Bold only where the
   source asks for it (``**`` around the glue).
+* search: a page whose title holds more of the query's words ranks higher.
+  Sphinx scores a page by its *best* matching word (a title match 15, a text
+  match 5), so for "learning rate keras" every page with "Keras" in its title
+  tied at 15 and the ties went alphabetically: the recipe, the page that
+  answers it, came 8th of 14. The scorer (``html_search_scorer``, which Sphinx
+  pastes into ``language_data.js``) adds 5 for each query word of three or
+  more letters whose first four letters appear in the result's title.
 * tables fit their column: a long identifier in a cell may break rather than
   push the table wider than the text; on a phone-width screen tables use a
   smaller font and padding. ``tests/test_browser.py`` checks that no table is
@@ -43,6 +50,27 @@ article table.table td code .pre, article table.table th code .pre {
 """
 
 
+SCORER = """\
+var Scorer = {
+  objNameMatch: 11, objPartialMatch: 6, objPrio: {0: 15, 1: 5, 2: -5}, objPrioDefault: 0,
+  title: 15, partialTitle: 7, term: 5, partialTerm: 2,
+  score: (result) => {
+    const title = (result[1] || "").toLowerCase();
+    const query = new URLSearchParams(window.location.search).get("q") || "";
+    const words = query.toLowerCase().split(/[^a-z0-9_]+/).filter((w) => w.length > 2);
+    return result[4] + 5 * words.filter((w) => title.includes(w.slice(0, 4))).length;
+  },
+};
+"""
+
+
+def _use_scorer(app: Any, config: Any) -> None:
+    path = Path(app.doctreedir) / "book_search_scorer.js"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(SCORER, encoding="utf-8")
+    config.html_search_scorer = str(path)
+
+
 def _write_css(app: Any, exception: Exception | None) -> None:
     if exception is None and app.builder.format == "html":
         static = Path(app.builder.outdir) / "_static"
@@ -53,4 +81,5 @@ def _write_css(app: Any, exception: Exception | None) -> None:
 def setup(app: Any) -> dict[str, Any]:
     app.add_css_file(CSS_FILE, priority=900)  # after the theme's and myst-nb's
     app.connect("build-finished", _write_css)
+    app.connect("config-inited", _use_scorer)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
