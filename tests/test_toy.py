@@ -140,12 +140,13 @@ def test_against_reruns_and_unmapped_epsilon_on_a_short_run():
     from dropout_lib.exact.optimizers import Adam
 
     toy = toy_problem(20, n_test=50)
-    r = against_reruns(toy, Adam, lr=0.01, eps=1e-2, form="keras", n_reruns=2)
+    r = against_reruns(toy, (Adam, "keras", 0.01, 1e-2), 2)
     assert r["same"] > 1e-3 and len(r["reruns"]) == len(r["rerun_disagree"]) == 2
     assert all(d > 0 for d in r["reruns"]) and 0 <= r["disagree"] <= 1
-    e = unmapped_epsilon(toy, Adam, lr=0.01, eps=1e-7, form="keras")
+    assert r["floor"] == np.mean(r["reruns"]) and r["floor_disagree"] == np.mean(r["rerun_disagree"])
+    e = unmapped_epsilon(toy, (Adam, "keras", 0.01, 1e-2), eps=1e-7)
     assert e["gaps"].shape == (21,) and e["gaps"][0] < 1e-15 < 1e-12 < e["gaps"][1] < 0.1
     assert e["flip"] is None or 0 <= e["flip"] < 20
     assert e["perturbed"] > 0
     with pytest.raises(ValueError, match="held-out"):
-        against_reruns(toy_problem(2), Adam, lr=0.01, eps=1e-2, form="keras", n_reruns=1)
+        against_reruns(toy_problem(2), (Adam, "keras", 0.01, 1e-2), 1)

@@ -353,63 +353,78 @@ def toy_problem(
     )
 
 
-def against_reruns(toy: Toy, optimizer: type, *, lr: float, eps: float, form: str, n_reruns: int) -> dict:
-    """Chapter 5's noise floor: the unmapped standard run against reruns with other masks.
+def adaptive_runs(
+    toy: Toy, spec: tuple, controls: Mapping[str, Mapping[str, float]], *, steps=None, eps=None
+) -> dict[str, compare.Comparison]:
+    """Chapter 5's comparisons: one inverted run against standard runs with powers of ``p``.
 
-    Trains the inverted net with ``optimizer(lr, eps=eps, form=form)`` on the
-    shared masks, the standard net from ``params_std`` with the *same*
-    hyperparameters on the same masks (no map), and ``n_reruns`` inverted nets
-    on masks from the streams ``default_rng(0), ..., default_rng(n_reruns - 1)``
-    (:meth:`Toy.mask_stream`, the same law). Distances are the relative
-    parameter gap of :func:`dropout_lib.exact.mlp.relative_difference` (the
-    standard run mapped back, ``W -> p W``), disagreements the share of
-    held-out predictions (``toy.x_test``) whose class differs.
-
-    Returns ``{"same": gap, "reruns": [gaps], "disagree": share,
-    "rerun_disagree": [shares]}``, all against the shared-mask inverted run.
+    ``spec = (optimizer class, form, lr, eps)`` trains the inverted net with
+    ``cls(lr, eps=eps, form=form)`` (``eps`` overrides the spec's); each entry
+    ``{key: powers}`` of ``controls`` trains a standard net with
+    :func:`dropout_lib.exact.adaptive.standard_optimizer` and those keywords
+    (``lr_power``, ``eps_power``, ``accumulator_power``; ``{}`` is the exact map).
     """
     from dropout_lib.exact import adaptive
 
+    cls, form, lr, spec_eps = spec
+    eps = spec_eps if eps is None else eps
+    standard = {
+        key: adaptive.standard_optimizer(
+            cls, toy.params_inv, toy.keep_probs, lr=lr, eps=eps, form=form, **powers
+        )
+        for key, powers in controls.items()
+    }
+    return toy.compare_many(cls(lr, eps=eps, form=form), standard, steps=steps)
+
+
+def against_reruns(toy: Toy, spec: tuple, n_reruns: int) -> dict:
+    """Chapter 5's noise floor: the unmapped standard run against reruns with other masks.
+
+    ``spec = (optimizer class, form, lr, eps)``. Trains the inverted net with
+    ``cls(lr, eps=eps, form=form)`` on the shared masks, the standard net from
+    ``params_std`` with the *same* hyperparameters on the same masks (no map),
+    and ``n_reruns`` inverted nets on masks from the streams
+    ``default_rng(0), ..., default_rng(n_reruns - 1)`` (:meth:`Toy.mask_stream`,
+    the same law). Distances are the relative parameter gap of
+    :func:`dropout_lib.exact.mlp.relative_difference` (the standard run mapped
+    back, ``W -> p W``), disagreements the share of held-out predictions
+    (``toy.x_test``) whose class differs.
+
+    Returns ``{"same": gap, "reruns": [gaps], "floor": their mean, "disagree":
+    share, "rerun_disagree": [shares], "floor_disagree": their mean}``, all
+    against the shared-mask inverted run.
+    """
     if n_reruns < 1 or not len(toy.x_test):
         raise ValueError("against_reruns needs n_reruns >= 1 and a held-out set (toy_problem(n_test=...)).")
-    same_opt = adaptive.standard_optimizer(
-        optimizer,
-        toy.params_inv,
-        toy.keep_probs,
-        lr=lr,
-        eps=eps,
-        form=form,
-        lr_power=0,
-        eps_power=0,
-        accumulator_power=0,
-    )
-    run = toy.compare_many(optimizer(lr, eps=eps, form=form), {"same": same_opt})["same"]
+    cls, form, lr, eps = spec
+    same = dict(lr_power=0, eps_power=0, accumulator_power=0)
+    run = adaptive_runs(toy, spec, {"same": same})["same"]
     ref = run.inverted.params
     reruns = [
-        toy.train(
-            "inverted", optimizer(lr, eps=eps, form=form), masks=toy.mask_stream(s), record=False
-        ).params
+        toy.train("inverted", cls(lr, eps=eps, form=form), masks=toy.mask_stream(s), record=False).params
         for s in range(n_reruns)
     ]
+    gaps = [float(mlp.relative_difference(r, ref)) for r in reruns]
+    shares = [toy.disagreement(ref, "inverted", r, "inverted") for r in reruns]
     return dict(
         same=float(run.final),
-        reruns=[float(mlp.relative_difference(r, ref)) for r in reruns],
+        reruns=gaps,
+        floor=float(np.mean(gaps)),
         disagree=toy.disagreement(ref, "inverted", run.standard.params, "standard"),
-        rerun_disagree=[toy.disagreement(ref, "inverted", r, "inverted") for r in reruns],
+        rerun_disagree=shares,
+        floor_disagree=float(np.mean(shares)),
     )
 
 
-def unmapped_epsilon(
-    toy: Toy, optimizer: type, *, lr: float, eps: float, form: str, perturb_seed: int = 5
-) -> dict:
+def unmapped_epsilon(toy: Toy, spec: tuple, *, eps: float, perturb_seed: int = 5) -> dict:
     """Chapter 5's forgotten epsilon: ``lr`` mapped, ``eps`` not, against a random perturbation.
 
-    The standard net gets ``lr / p_k`` on the consuming kernels but the
-    inverted net's ``eps`` (:func:`dropout_lib.exact.adaptive.standard_optimizer`
-    with ``eps_power=0``). Returned: ``gaps`` (its relative gap to the inverted
-    run after each step, entry 0 the start), ``flip`` (the first step at which
-    some hidden ReLU unit is on for some example in one run and off in the
-    other, :func:`dropout_lib.exact.divergence.first_flip`, or None) and
+    ``spec = (optimizer class, form, lr, _)``; ``eps`` replaces the spec's. The
+    standard net gets ``lr / p_k`` on the consuming kernels but the inverted
+    net's ``eps`` (``eps_power=0``). Returned: ``gaps`` (its relative gap to the
+    inverted run after each step, entry 0 the start), ``flip`` (the first step
+    at which some hidden ReLU unit is on for some example in one run and off in
+    the other, :func:`dropout_lib.exact.divergence.first_flip`, or None) and
     ``perturbed``: the final gap of the fully mapped standard run started from
     ``params_std`` with every entry multiplied by ``1 +- gaps[1]`` (random
     signs from ``default_rng(perturb_seed)``), a perturbation of the same
@@ -417,16 +432,14 @@ def unmapped_epsilon(
     """
     from dropout_lib.exact import adaptive, divergence
 
-    unmapped = adaptive.standard_optimizer(
-        optimizer, toy.params_inv, toy.keep_probs, lr=lr, eps=eps, form=form, eps_power=0
-    )
-    run = toy.compare_many(optimizer(lr, eps=eps, form=form), {"eps": unmapped})["eps"]
+    cls, form, lr, _ = spec
+    run = adaptive_runs(toy, spec, {"eps": dict(eps_power=0)}, eps=eps)["eps"]
     flips = divergence.activation_flips(run, toy.batches, toy.masks, keep_probs=toy.keep_probs)
     signs = np.random.default_rng(perturb_seed)
     start = {
         n: w * (1 + run.gaps[1] * signs.choice([-1, 1], size=w.shape)) for n, w in toy.params_std.items()
     }
-    mapped = adaptive.standard_optimizer(optimizer, toy.params_inv, toy.keep_probs, lr=lr, eps=eps, form=form)
+    mapped = adaptive.standard_optimizer(cls, toy.params_inv, toy.keep_probs, lr=lr, eps=eps, form=form)
     return dict(
         gaps=run.gaps,
         flip=divergence.first_flip(flips),
