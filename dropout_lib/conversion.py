@@ -252,9 +252,12 @@ def _homogeneous(layer: Any) -> bool:
     return False
 
 
-def _refusal(layer: Any, scale: float) -> str:
+def _refusal(layer: Any, scale: float, dropouts: tuple[frozenset[str], ...] = ()) -> str:
     name = f"layer {layer.name!r} ({type(layer).__name__})"
+    names = sorted(frozenset().union(*dropouts))
+    source = f" The dropped tensor comes from dropout {', '.join(repr(n) for n in names)}." if names else ""
     head = f"{name} receives a dropped tensor (the two variants differ there by the factor {scale:.6g}) but "
+    way_out = "Move the dropout so that a Dense/Conv layer consumes it directly (a different model), or "
     if isinstance(layer, L.UnitNormalization):
         why = (
             "it divides by max(||x||^2, 1e-12)^(1/2), with the 1e-12 hard-coded (no "
@@ -276,6 +279,12 @@ def _refusal(layer: Any, scale: float) -> str:
             "it merges inputs that carry different factors (e.g. a dropped and an "
             "undropped branch), so no single kernel rescaling downstream fits both"
         )
+        way_out = (
+            "On a residual branch x + Dropout(F(x)) (stochastic depth included) the exact "
+            "map is on the producer side: scale F's last kernel and bias (or its last "
+            "normalisation's scale and offset) by the dropout's factor, with their "
+            "optimizer maps (chapter 8); convert_model does not build it. Otherwise "
+        )
     elif isinstance(layer, L.Dot):
         why = "a normalised Dot divides by norms (with an epsilon)"
     elif isinstance(layer, keras.Model):
@@ -287,10 +296,7 @@ def _refusal(layer: Any, scale: float) -> str:
             "it is not known to commute with a positive rescaling of its input "
             "and has no kernel this module knows how to rescale"
         )
-    return (
-        head + why + ". Move the dropout so that a Dense/Conv layer consumes it "
-        f"directly (a different model), or {KEEP_THE_VARIANT}."
-    )
+    return f"{head}{why}.{source} {way_out}{KEEP_THE_VARIANT}."
 
 
 # -------------------------------------------------------------- the walk
@@ -440,7 +446,7 @@ class _Walk:
             return c * (1.0 - float(layer.rate))
         if type(layer) in _CONSUMER_KERNELS:
             if not all(_close(c, ins[0]) for c in ins):
-                raise NotConvertibleError(_refusal(layer, ins[0]))
+                raise NotConvertibleError(_refusal(layer, ins[0], self._origins))
             self._record(layer, ins[0])
             if not _close(ins[0], 1.0):
                 consumer_kernels(layer)  # LoRA / quantisation / unbuilt checks
@@ -474,7 +480,7 @@ class _Walk:
         if type(layer) is L.Multiply or (type(layer) is L.Dot and not layer.normalize):
             return math.prod(ins)
         worst = next(c for c in ins if not _close(c, 1.0))
-        raise NotConvertibleError(_refusal(layer, worst))
+        raise NotConvertibleError(_refusal(layer, worst, self._origins))
 
     def _record(self, layer: Any, c: float) -> None:
         if id(layer) not in self.calls:

@@ -1236,6 +1236,7 @@ def verify(
     optimizer: keras.optimizers.Optimizer | None = None,
     loss: Any = "mse",
     batch_size: int | None = None,
+    run_eagerly: bool = False,
 ) -> Verification:
     r"""Train copies of ``source`` and of ``converted.model`` in step and report the gap per step.
 
@@ -1257,7 +1258,8 @@ def verify(
     for step ``i``, ``b = batch_size`` (default ``len(x) // steps``). After
     step ``t`` a consuming kernel compares as ``W_tgt / s`` with ``W_src``
     (``s = 1/p`` to standard), a BatchNorm's moving statistics as ``/ t`` and
-    ``/ t**2``.
+    ``/ t**2``. ``run_eagerly=True`` compiles the copies without tracing
+    (faster for a few steps of a small model).
 
     Examples
     --------
@@ -1292,11 +1294,10 @@ def verify(
         value = np.asarray(_numpy(v))
         if value.dtype.kind == "f":
             v.assign(np.nextafter(value, np.inf))
-    runs["source"].compile(optimizer=clone_optimizer(optimizer), loss=loss)
-    runs["control"].compile(optimizer=clone_optimizer(optimizer), loss=loss)
-    runs["target"].compile(
-        optimizer=mapped_multi_optimizer(runs["target"], optimizer, converted.direction), loss=loss
-    )
+    target_optimizer = mapped_multi_optimizer(runs["target"], optimizer, converted.direction)
+    runs["source"].compile(optimizer=clone_optimizer(optimizer), loss=loss, run_eagerly=run_eagerly)
+    runs["control"].compile(optimizer=clone_optimizer(optimizer), loss=loss, run_eagerly=run_eagerly)
+    runs["target"].compile(optimizer=target_optimizer, loss=loss, run_eagerly=run_eagerly)
     factor = {
         v.path: f
         for c in dropout_consumers(runs["target"])

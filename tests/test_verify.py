@@ -45,7 +45,7 @@ def test_verify_tells_an_exact_conversion_from_a_wrong_one():
         paper = paper_net()
         ported = dl.convert_model(paper, to="inverted")
         sgd = keras.optimizers.SGD(0.1, momentum=0.9)
-        good = dl.verify(paper, ported, X, Y, steps=3, optimizer=sgd)
+        good = dl.verify(paper, ported, X, Y, steps=3, optimizer=sgd, run_eagerly=True)
         wrong_model = twins._copy_model(ported.model)
         twins.scale_consumer_biases(wrong_model, "to_inverted")  # the wrong map: biases too
         wrong = dl.verify(
@@ -55,6 +55,7 @@ def test_verify_tells_an_exact_conversion_from_a_wrong_one():
             Y,
             steps=3,
             optimizer=sgd,
+            run_eagerly=True,
         )
     assert good.exact and len(good.gaps) == len(good.controls) == 4
     assert max(good.gaps) <= 4 * 2.0**-52 * 10 * 3, good  # rounding level, as the tests' budget
@@ -73,3 +74,27 @@ def test_verify_leaves_the_models_alone_and_checks_its_arguments():
             dl.verify(paper, ported, X, Y, steps=1)
         with pytest.raises(ValueError, match="need 24 rows"):
             dl.verify(paper, ported, X, Y, steps=2, batch_size=12, optimizer=keras.optimizers.SGD(0.1))
+
+
+def test_a_keras_application_converts_exactly_step_by_step():
+    """MobileNet (weights=None, 32x32, alpha 0.25): Dropout -> Conv2D classifier, chaotic float64 training."""
+    with twins.keras_float64():
+        net = keras.applications.MobileNet(input_shape=(32, 32, 3), alpha=0.25, weights=None, classes=3)
+        converted = dl.convert_model(net, to="standard")
+        x = np.random.default_rng(0).normal(size=(8, 32, 32, 3))
+        y = keras.utils.to_categorical(np.arange(8) % 3, 3)
+        sgd = keras.optimizers.SGD(0.01)
+        result = dl.verify(
+            net, converted, x, y, steps=2, optimizer=sgd, loss="categorical_crossentropy", run_eagerly=True
+        )
+    assert converted.maps == {"dropout": (("conv_preds", "kernel"),)}
+    assert result.exact, result
+
+
+def test_a_residual_dropout_is_refused_naming_the_dropout_and_the_producer_side_map():
+    """Stochastic depth as EfficientNet builds it: Dropout(noise_shape=(None, 1)) on a residual branch."""
+    x = keras.Input((4,))
+    branch = L.Dropout(0.2, noise_shape=(None, 1), name="drop_path")(L.Dense(4)(x))
+    model = keras.Model(x, L.Dense(2)(L.Add(name="merge")([x, branch])))
+    with pytest.raises(dl.NotConvertibleError, match=r"'merge'.*dropout 'drop_path'.*producer side"):
+        dl.convert_model(model, to="standard")
