@@ -247,7 +247,8 @@ def _specs() -> list[tuple[str, str, float | None, Callable[[float, float, str],
             1e-3,
             layernorm,
             "and nothing else: not the kernels, not the optimizer "
-            "({prf:ref}`prop-layernorm-map`); instead of the consumer-side map",
+            "({prf:ref}`prop-layernorm-map`); instead of the consumer-side map, "
+            "and `convert_model` applies it",
         ),
         (
             "a kernel shared by a dropped and an undropped input",
