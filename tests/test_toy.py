@@ -150,3 +150,14 @@ def test_against_reruns_and_unmapped_epsilon_on_a_short_run():
     assert e["perturbed"] > 0
     with pytest.raises(ValueError, match="held-out"):
         against_reruns(toy_problem(2), (Adam, "keras", 0.01, 1e-2), 1)
+
+
+def test_kink_margin_is_the_smallest_hidden_pre_activation():
+    from dropout_lib.exact import mlp
+
+    toy = toy_problem(3, seed=1, keep_probs=(0.5, 1.0, 0.5))
+    x, _ = toy.batches[0]
+    _, cache = mlp.forward(
+        toy.params_inv, x, variant="inverted", keep_probs=toy.keep_probs, masks=toy.masks[0], training=True
+    )
+    assert 0 < toy.kink_margin(0) <= min(np.abs(z).min() for z in cache["z"][:-1])

@@ -125,6 +125,23 @@ class Toy:
             self.sizes, np.random.default_rng(self.seed), bias_scale=0.1, scale=list(scale)
         )
 
+    def kink_margin(self, t: int = 0) -> float:
+        """Smallest ``|z|`` of a hidden pre-activation, both nets at their starts, step ``t``.
+
+        Both nets are evaluated in training mode on step ``t``'s batch and
+        masks. A central difference with step ``s`` is a derivative of the
+        loss only if no ReLU crosses its kink within ``+-s`` of the point; a
+        margin far above ``s`` keeps every unit on its side.
+        """
+        x, _ = self.batches[t % self.n_batches]
+        margins = []
+        for variant, params in (("inverted", self.params_inv), ("standard", self.params_std)):
+            _, cache = mlp.forward(
+                params, x, variant=variant, keep_probs=self.keep_probs, masks=self.masks[t], training=True
+            )
+            margins += [float(np.abs(z).min()) for z in cache["z"][:-1]]
+        return min(margins)
+
     def labels(self, x: NDArray) -> NDArray:
         """One-hot teacher labels ``argmax(x T)`` of inputs ``x``."""
         return np.eye(self.sizes[-1])[np.argmax(x @ self.teacher, axis=1)]
