@@ -353,3 +353,35 @@ def test_all_2_to_20_subnetworks_of_a_softmax_layer_in_blocks_equal_one_block() 
     x20, w20 = rng.normal(size=20), rng.normal(size=(20, n_classes))
     big = np.asarray(E.softmax_layer_ensemble(x20, w20, b, keep_prob=0.5).arithmetic_mean)
     assert np.all(big >= 0) and abs(big.sum() - 1) <= 1e-12
+
+
+# --------------------------------------------------------------------------- #
+# the spread of Monte Carlo dropout's squared error, exactly
+# --------------------------------------------------------------------------- #
+
+
+def test_mse_ratio_sd_is_the_exact_spread_of_two_draws():
+    from dropout_lib.book.ensemble_checks import he_dropout_net
+
+    net = he_dropout_net([3, 3, 2], (0.6, 0.7), 4)  # 6 dropped units: 64 sub-networks
+    x = np.random.default_rng(2).normal(size=(2, 3))
+    exact = E.enumerate_ensemble(net, x)
+    tr, tr2, fourth = E.mc_error_moments(net, x, exact, chunk=16)
+    np.testing.assert_allclose(tr, exact.output_variance.sum(), rtol=1e-12)
+    # every pair of masks (T = 2) with its probability: the ratio's exact variance
+    masks = np.concatenate(list(E.mask_blocks(net.n_dropped, 64)))
+    prob = E.mask_probabilities(masks, [0.6, 0.7], net.dropped_sizes)
+    s = np.exp(E.log_softmax(E.subnetwork_logits(net, x, masks))).reshape(len(masks), -1)
+    d = s - exact.arithmetic_mean.reshape(-1)
+    ratios, weights = [], []
+    for i, j in itertools.product(range(len(masks)), repeat=2):
+        ratios.append(np.sum(((d[i] + d[j]) / 2) ** 2) / (tr / 2))
+        weights.append(prob[i] * prob[j])
+    ratios, weights = np.array(ratios), np.array(weights)
+    assert weights @ ratios == pytest.approx(1.0, rel=1e-12)  # expectation exactly 1
+    var = weights @ (ratios - 1) ** 2
+    sd = E.mse_ratio_sd((tr, tr2, fourth), [1, 2])
+    assert sd[1] ** 2 == pytest.approx(var, rel=1e-10)
+    assert sd[0] ** 2 == pytest.approx(fourth / tr**2 - 1, rel=1e-10)  # T = 1: Var ||d||^2 / (tr Sigma)^2
+    with pytest.raises(ValueError, match="moments"):
+        E.mse_ratio_sd((0.0, 1.0, 1.0), [1])

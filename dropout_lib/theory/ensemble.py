@@ -75,6 +75,8 @@ __all__ = [
     "softmax_layer_ensemble",
     "mc_dropout_predict",
     "mc_error_curve",
+    "mc_error_moments",
+    "mse_ratio_sd",
 ]
 
 #: Enumerating more than ``2^MAX_ENUMERATED_UNITS`` sub-networks is refused.
@@ -858,3 +860,64 @@ def mc_error_curve(
         predicted_rms=np.sqrt(var.sum() / t_arr),
         errors=errors,
     )
+
+
+def mc_error_moments(
+    net: DropoutNet,
+    x: ArrayLike,
+    exact: EnsembleResult,
+    variant: Variant = "standard",
+    chunk: int = 1 << 10,
+) -> tuple[float, float, float]:
+    """Moments of one sub-network's deviation from the AM, by enumerating every mask.
+
+    With ``d(m) = s(x; m) - AM`` flattened over the inputs ``x`` and the classes
+    (one mask serves every input, as in :func:`mc_error_curve`) and ``Sigma``
+    its covariance under ``P(m)``, returns ``(tr Sigma, tr Sigma^2, E||d||^4)``.
+    ``tr Sigma`` is ``sigma^2`` of :func:`mc_error_curve`'s prediction.
+    ``exact`` is :func:`enumerate_ensemble`'s result for the same net, ``x``
+    and variant (its AM is used).
+    """
+    v = check_variant(variant)
+    xs, _ = net._check_x(x)
+    size = _check_chunk(chunk)
+    if size is None:
+        raise ValueError("chunk must be a positive integer; got None.")
+    am = np.asarray(exact.arithmetic_mean, dtype=np.float64).reshape(-1)
+    if am.size != xs.shape[0] * net.n_classes:
+        raise ValueError("exact must be enumerate_ensemble()'s result for the same net and x.")
+    tables = _probability_tables([net.keep_probs[i] for i in net.dropped_layers], net.dropped_sizes)
+    sigma = np.zeros((am.size, am.size))
+    fourth = 0.0
+    for masks in mask_blocks(net.n_dropped, size):
+        prob = _block_probabilities(masks, tables, net.dropped_sizes)
+        d = np.exp(log_softmax(_logits_block(net, xs, masks, v))).reshape(len(masks), -1) - am
+        # einsum, not a BLAS product: between _forward's threaded products, a small
+        # threaded gemm here measured 50 times slower on a busy 2-core machine
+        sigma += np.einsum("ki,kj->ij", d * prob[:, None], d, optimize=False)
+        sq = (d * d).sum(axis=1)
+        fourth += float(prob @ (sq * sq))
+    return float(np.trace(sigma)), float((sigma * sigma).sum()), fourth
+
+
+def mse_ratio_sd(moments: tuple[float, float, float], sample_sizes: Sequence[int]) -> NDArray[np.float64]:
+    """Standard deviation of one run's ``||MC_T - AM||^2 / (sigma^2 / T)``, for each ``T``.
+
+    ``moments`` is :func:`mc_error_moments`'s ``(tr Sigma, tr Sigma^2, E||d||^4)``.
+    With ``S = d_1 + ... + d_T`` (independent draws, mean 0, covariance
+    ``Sigma``), ``||S||^2 = sum_t ||d_t||^2 + sum_{t != t'} d_t . d_t'``; the two
+    parts are uncorrelated, the first has variance ``T (E||d||^4 - (tr Sigma)^2)``
+    and the second ``2 T (T - 1) tr Sigma^2``. The ratio is ``||S||^2 / (T tr
+    Sigma)``, with expectation 1 and variance
+    ``(E||d||^4 - (tr Sigma)^2 + 2 (T - 1) tr Sigma^2) / (T (tr Sigma)^2)``.
+
+    >>> # one coordinate, d = +-1 with probability 1/2: ||S||^2 / T has variance 2 (T - 1) / T
+    >>> mse_ratio_sd((1.0, 1.0, 1.0), [1, 2]) ** 2
+    array([0., 1.])
+    """
+    tr, tr2, fourth = (float(m) for m in moments)
+    if not (tr > 0 and tr2 > 0 and fourth >= 0):
+        raise ValueError(f"moments must be (tr Sigma > 0, tr Sigma^2 > 0, E||d||^4 >= 0); got {moments!r}")
+    t = np.asarray(sample_sizes, dtype=np.float64)
+    var = (fourth - tr**2 + 2.0 * (t - 1.0) * tr2) / (t * tr**2)
+    return np.sqrt(np.maximum(var, 0.0))
