@@ -55,10 +55,23 @@ lets ``c`` pass where that is provably exact:
 Everything else that receives ``c != 1`` is refused with the reason: a
 non-homogeneous activation (``tanh(c x) != c tanh(x)``); ``UnitNormalization``
 (its hard-coded ``1e-12`` clamp has no hyperparameter to map); additive
-noise; a merge of a dropped with an undropped branch (a residual branch: the
-producer-side maps of chapter 8 are not implemented here); a layer shared
+noise; a merge of a dropped with an undropped branch, unless the dropped
+branch ends in a layer the producer-side map can scale (below); a layer shared
 between a dropped and an undropped input; a dropped tensor that is a model
 output. :attr:`Consumer.kind` says which map absorbed each factor.
+
+Residual branches (chapter 8): where a merge (``Add``, ...) meets a dropped
+and an undropped tensor, the dropout ``D`` feeding it is taken on the
+producer side when ``D`` reads the output of a ``Dense``, ``EinsumDense``,
+``Conv1D/2D/3D`` (linear or ReLU activation), ``BatchNormalization`` or
+``LayerNormalization`` (with ``scale``) that nothing else reads and that is
+called once: that layer's kernel and bias (gamma and beta) are scaled by
+``s``, so ``F'(x) = s F(x)``, ``D``'s output is the same tensor in both
+variants (``m F(x) / p = m (F(x) / p)``), and ``c`` stays 1 after ``D``; its
+optimizer, penalties, constraints and initialisers map like a consuming
+kernel's (the gradients are ``1/s`` times the source's). Per-sample
+stochastic depth, ``Dropout(rate, noise_shape=(None, 1, ..., 1))``, is such
+a dropout (EfficientNet's).
 
 Hyperparameters tied to the consuming kernels map with the same ``s``
 (derivations in each function): L2 penalty ``l2 / s**2`` (``l2 * p**2`` to
@@ -69,6 +82,7 @@ scale ``sigma * s`` (``sigma / p``). Optimizers: :mod:`dropout_lib.mapping`.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -216,8 +230,30 @@ KERNEL = "kernel"
 RECURRENT_INPUT_KERNEL = "recurrent input kernel"
 BATCH_NORMALIZATION = "batch normalization epsilon and moving statistics"
 NORMALIZATION_EPSILON = "normalization epsilon"
-#: Kinds whose variables are trained kernels (their optimizer is mapped).
-KERNEL_KINDS = (KERNEL, RECURRENT_INPUT_KERNEL)
+PRODUCER = "producer"
+#: Kinds whose variables are trained parameters (their optimizer is mapped).
+KERNEL_KINDS = (KERNEL, RECURRENT_INPUT_KERNEL, PRODUCER)
+
+#: Layers that can take a residual dropout's factor on the producer side:
+#: their output is linear in (kernel, bias) or (gamma, beta), scaled together.
+_PRODUCERS: dict[type, tuple[str, str]] = {
+    L.Dense: ("kernel", "bias"),
+    L.EinsumDense: ("kernel", "bias"),
+    L.Conv1D: ("kernel", "bias"),
+    L.Conv2D: ("kernel", "bias"),
+    L.Conv3D: ("kernel", "bias"),
+    L.BatchNormalization: ("gamma", "beta"),
+    L.LayerNormalization: ("gamma", "beta"),
+}
+
+
+class _MergeRefusal(NotConvertibleError):
+    """A merge of tensors with different factors; ``dropouts`` feed it."""
+
+    def __init__(self, message: str, dropouts: frozenset[str]) -> None:
+        super().__init__(message)
+        self.dropouts = dropouts
+
 
 # How a refusal ends: the model can always stay on its own variant, and the
 # paper's variant runs in Keras unchanged (recipe.md, thm-rescaling-paper).
@@ -330,7 +366,12 @@ class Consumer:
         gamma, beta and the optimizer are unchanged. ``'normalization
         epsilon'``: LayerNormalization (also ``rms_scaling``),
         GroupNormalization, RMSNormalization: ``eps' = t**2 eps``, nothing
-        else.
+        else. ``'producer'``: on a residual branch ``x + Dropout(F(x))`` the
+        layer that computes ``F``'s output (Dense/Conv: kernel and bias;
+        BatchNorm/LayerNorm: gamma and beta) is scaled by ``s``, so that
+        ``F'(x) = s F(x)`` and the dropout's output is the same in both
+        variants (``m F(x) / p = m (F(x)/p)``, chapter 8); its gradients are
+        ``1/s`` times the source's, so its optimizer is mapped like a kernel's.
     dropouts
         The names of the dropout layers whose factor this layer absorbs.
 
@@ -412,7 +453,9 @@ def _close(a: float, b: float) -> bool:
 class _Walk:
     """Propagate the per-tensor keep factor through a model graph."""
 
-    def __init__(self) -> None:
+    def __init__(self, producers: Mapping[str, Any] | None = None) -> None:
+        self.producers = dict(producers or {})  # dropout name -> its producer layer
+        self.produced: list[Consumer] = []
         self.calls: dict[int, tuple[keras.layers.Layer, list[float]]] = {}
         self.order: list[int] = []
         self.feeds: dict[int, set[str]] = {}
@@ -443,6 +486,23 @@ class _Walk:
             return 1.0
         if _is_dropout(layer):
             (c,) = ins
+            if layer.name in self.producers:
+                producer = self.producers[layer.name]
+                if not _close(c, 1.0) or any(
+                    not _close(f, 1.0) for f in self.calls.get(id(producer), (0, []))[1]
+                ):
+                    raise NotConvertibleError(
+                        f"dropout {layer.name!r} sits on a residual branch whose last layer "
+                        f"{producer.name!r} already reads a dropped tensor: the producer-side map "
+                        f"would scale a layer another map scales too. {KEEP_THE_VARIANT}."
+                    )
+                names = _PRODUCERS[type(producer)]
+                variables = tuple(
+                    getattr(producer, n) for n in names if getattr(producer, n, None) is not None
+                )
+                p = 1.0 - float(layer.rate)
+                self.produced.append(Consumer(producer, variables, p, PRODUCER, (layer.name,)))
+                return c
             return c * (1.0 - float(layer.rate))
         if type(layer) in _CONSUMER_KERNELS:
             if not all(_close(c, ins[0]) for c in ins):
@@ -480,6 +540,8 @@ class _Walk:
         if type(layer) is L.Multiply or (type(layer) is L.Dot and not layer.normalize):
             return math.prod(ins)
         worst = next(c for c in ins if not _close(c, 1.0))
+        if type(layer) in _SAME_SCALE_MERGES:
+            raise _MergeRefusal(_refusal(layer, worst, self._origins), frozenset().union(*self._origins))
         raise NotConvertibleError(_refusal(layer, worst, self._origins))
 
     def _record(self, layer: Any, c: float) -> None:
@@ -519,7 +581,7 @@ class _Walk:
                     out.append(Consumer(layer, variables, factors[0], RECURRENT_INPUT_KERNEL, dropouts))
                 else:
                     out.append(Consumer(layer, consumer_kernels(layer), factors[0], KERNEL, dropouts))
-        return out
+        return self.produced + out
 
 
 def _check_outputs(factors: list[float]) -> None:
@@ -566,7 +628,61 @@ def dropout_consumers(model: keras.Model) -> list[Consumer]:
     """
     if not model.built:
         raise NotConvertibleError(f"model {model.name!r} is not built; call it on data or give it an Input.")
-    walk = _Walk()
+    producers: dict[str, Any] = {}
+    while True:
+        try:
+            return _walk_graph(model, producers)
+        except _MergeRefusal as refusal:
+            # a residual merge: take the dropouts feeding it on the producer side, where they can be
+            new = {}
+            for name in sorted(refusal.dropouts - set(producers)):
+                producer, why = _producer(model, name)
+                if producer is None:
+                    raise NotConvertibleError(
+                        f"{refusal} The producer-side map does not apply: {why}"
+                    ) from None
+                new[name] = producer
+            if not new:
+                raise
+            producers.update(new)
+
+
+def _producer(model: keras.Model, dropout_name: str) -> tuple[Any, str]:
+    """The layer whose output a dropout reads, if the producer-side map can scale it."""
+    dropout = model.get_layer(dropout_name)
+    if len(dropout._inbound_nodes) != 1:
+        return None, f"dropout {dropout_name!r} is called more than once."
+    (tensor,) = dropout._inbound_nodes[0].input_tensors
+    producer = tensor._keras_history.operation
+    where = f"dropout {dropout_name!r} reads the output of {producer.name!r} ({type(producer).__name__}), "
+    if type(producer) not in _PRODUCERS:
+        return None, where + "which is not a Dense/Conv/BatchNormalization/LayerNormalization layer."
+    if len(producer._inbound_nodes) != 1:
+        return None, where + "a layer called more than once (its weights serve other calls)."
+    readers = (
+        [
+            node
+            for depth in model._nodes_by_depth.values()
+            for node in depth
+            if any(t is tensor for t in node.input_tensors)
+        ]
+        if hasattr(model, "_nodes_by_depth")
+        else [None]
+    )
+    if len(readers) != 1:
+        return None, where + "whose output other layers read too."
+    activation = getattr(producer, "activation", keras.activations.linear)
+    if activation not in _HOMOGENEOUS_ACTIVATIONS:
+        return None, where + "whose activation is not positively homogeneous."
+    if isinstance(producer, (L.BatchNormalization, L.LayerNormalization)) and not producer.scale:
+        return None, where + "a normalisation without a scale (gamma) to carry the factor."
+    if getattr(producer, "lora_enabled", False) or getattr(producer, "quantization_mode", None):
+        return None, where + "which uses LoRA or quantisation."
+    return producer, ""
+
+
+def _walk_graph(model: keras.Model, producers: Mapping[str, Any]) -> list[Consumer]:
+    walk = _Walk(producers)
     if isinstance(model, keras.Sequential):
         c, origin = 1.0, frozenset()
         for layer in model.layers:

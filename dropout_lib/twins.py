@@ -76,9 +76,11 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from dropout_lib.conversion import (
+    _PRODUCERS,
     BATCH_NORMALIZATION,
     KEEP_THE_VARIANT,
     KERNEL_KINDS,
+    PRODUCER,
     RECURRENT_INPUT_KERNEL,
     Consumer,
     ScaledInitializer,
@@ -529,27 +531,31 @@ def _mapped_hyperparameters(consumers: Sequence[Consumer], direction: Direction)
         if consumer.kind not in KERNEL_KINDS:
             mapped[id(layer)] = _normalization_map(consumer, direction)
             continue
-        prefix = _KERNEL_PREFIX.get(type(layer), "kernel")
+        if consumer.kind == PRODUCER:  # kernel and bias, or gamma and beta, all scaled by s
+            prefixes = tuple(n for n in _PRODUCERS[type(layer)] if getattr(layer, n, None) is not None)
+        else:
+            prefixes = (_KERNEL_PREFIX.get(type(layer), "kernel"),)
         maps = (
             ("regularizer", map_regularizer, keras.regularizers),
             ("constraint", map_constraint, keras.constraints),
             ("initializer", map_initializer, keras.initializers),
         )
         attributes: dict[str, Any] = {}
-        for suffix, mapper, kind in maps:
-            key = f"{prefix}_{suffix}"
-            source = getattr(layer, key, None)
-            if source is None and layer.get_config().get(key) is not None:
-                source = kind.get(layer.get_config()[key])
-            try:
-                if suffix == "initializer":
-                    attributes[key] = mapper(source, p, direction, shape=consumer.variables[0].shape)
-                else:
-                    attributes[key] = mapper(source, p, direction)
-            except NoExactMapError as error:
-                raise NotConvertibleError(
-                    f"layer {layer.name!r} ({type(layer).__name__}): its {key} has no exact map: {error}"
-                ) from error
+        for prefix, variable in zip(prefixes, consumer.variables):
+            for suffix, mapper, kind in maps:
+                key = f"{prefix}_{suffix}"
+                source = getattr(layer, key, None)
+                if source is None and layer.get_config().get(key) is not None:
+                    source = kind.get(layer.get_config()[key])
+                try:
+                    if suffix == "initializer":
+                        attributes[key] = mapper(source, p, direction, shape=variable.shape)
+                    else:
+                        attributes[key] = mapper(source, p, direction)
+                except NoExactMapError as error:
+                    raise NotConvertibleError(
+                        f"layer {layer.name!r} ({type(layer).__name__}): its {key} has no exact map: {error}"
+                    ) from error
         if consumer.kind == RECURRENT_INPUT_KERNEL:  # the RNN layer reads them from its cell
             attributes = {f"cell.{key}": value for key, value in attributes.items()}
         mapped[id(layer)] = attributes
@@ -672,8 +678,12 @@ def convert_model(
     their initialisers, ``t = p`` to standard, ``1/p`` to inverted; no change
     of optimizer), LayerNormalization, GroupNormalization, RMSNormalization
     (``epsilon * t**2``), and the input ``kernel`` of LSTM, GRU and SimpleRNN
-    (like a Dense kernel; the recurrent kernel is unchanged).
-    :attr:`ConvertedModel.maps` says which map absorbed each dropout.
+    (like a Dense kernel; the recurrent kernel is unchanged). A dropout on a
+    residual branch ``x + Dropout(F(x))`` (stochastic depth included) is
+    mapped on the producer side: ``F``'s last Dense/Conv kernel and bias, or
+    its last normalisation's gamma and beta, times ``s``, with their
+    optimizer mapped (chapter 8). :attr:`ConvertedModel.maps` says which map
+    absorbed each dropout.
 
     Other random layers: Keras's own (``GaussianNoise``, the ``Random*``
     augmentation layers) get copies of their generator states; any other
@@ -719,9 +729,10 @@ def convert_model(
         ``AlphaDropout``), a dropout already of the target variant, a
         kernel shared between dropped and undropped inputs, a dropped tensor
         reaching a layer that neither absorbs nor commutes with the factor
-        (``tanh``, ``UnitNormalization``, a residual ``Add``, an unknown
-        layer), a layer that may draw random numbers and is not a known
-        dropout, a lookup table that cannot be copied, a consuming kernel with
+        (``tanh``, ``UnitNormalization``, a residual ``Add`` whose dropped
+        branch has no producer to scale, an unknown layer), a layer that may
+        draw random numbers and is not a known dropout, a lookup table that
+        cannot be copied, a consuming kernel with
         ``keras.constraints.MaxNorm`` or an unknown regulariser, a subclassed
         or unbuilt model.
     dropout_lib.validation.NoExactMapError
@@ -1175,10 +1186,24 @@ class Verification:
     tolerance_factor: float
 
     @property
+    def conclusive(self) -> bool:
+        """Whether the control stays small enough to tell rounding from a wrong map.
+
+        A wrong map is apart by ``O(1 - p)``, a percent or more of the
+        weights; the verdict is conclusive while ``tolerance_factor`` times
+        every control stays below ``1e-3``. A model that turns one ulp into
+        a large difference within the steps (tiny batches through many
+        normalisations) makes no verdict possible: fewer steps, a larger
+        batch, or :func:`compare_twins` on the functions before training.
+        """
+        return self.tolerance_factor * max(self.controls) < 1e-3
+
+    @property
     def exact(self) -> bool:
-        """Every step's gap within ``tolerance_factor * max(control, eps)``: rounding, not a wrong map."""
+        """Conclusive, and every step's gap within ``tolerance_factor * max(control, eps)``."""
         eps = float(np.finfo(np.float64).eps)
-        return all(g <= self.tolerance_factor * max(c, eps) for g, c in zip(self.gaps, self.controls))
+        within = all(g <= self.tolerance_factor * max(c, eps) for g, c in zip(self.gaps, self.controls))
+        return self.conclusive and within
 
 
 #: Attributes that may hold a mapped object a config would round (an L2 factor

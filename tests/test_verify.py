@@ -91,10 +91,11 @@ def test_a_keras_application_converts_exactly_step_by_step():
     assert result.exact, result
 
 
-def test_a_residual_dropout_is_refused_naming_the_dropout_and_the_producer_side_map():
-    """Stochastic depth as EfficientNet builds it: Dropout(noise_shape=(None, 1)) on a residual branch."""
+def test_a_residual_dropout_without_a_producer_map_is_refused_naming_the_dropout():
+    """Dropout(noise_shape=(None, 1)) on a residual branch that ends in tanh: no map on either side."""
     x = keras.Input((4,))
-    branch = L.Dropout(0.2, noise_shape=(None, 1), name="drop_path")(L.Dense(4)(x))
+    branch = L.Dropout(0.2, noise_shape=(None, 1), name="drop_path")(L.Dense(4, activation="tanh")(x))
     model = keras.Model(x, L.Dense(2)(L.Add(name="merge")([x, branch])))
-    with pytest.raises(dl.NotConvertibleError, match=r"'merge'.*dropout 'drop_path'.*producer side"):
+    match = r"'merge'.*dropout 'drop_path'.*producer side.*does not apply.*not positively homogeneous"
+    with pytest.raises(dl.NotConvertibleError, match=match):
         dl.convert_model(model, to="standard")

@@ -1,0 +1,90 @@
+"""Residual dropout, x + Dropout(F(x)): the producer-side map in convert_model (issue 19, item 1).
+
+``keep_prob`` is ``p``; Keras layers take ``rate = 1 - p``.
+
+No consumer-side map exists where a dropped branch meets an undropped one
+(the merge would need two factors). Chapter 8's producer-side map scales F's
+last layer instead, kernel and bias (or a normalisation's gamma and beta) by
+``s`` (``1/p`` to standard), so ``F'(x) = s F(x)`` and the dropout's output is
+the same tensor in both variants; F's last layer then has gradients ``1/s``
+times the source's and its optimizer maps like a consuming kernel's.
+
+Tolerances: :func:`dropout_lib.twins.verify`'s rule, every step's weight gap
+within ``10 * 4 K`` times a one-ulp control's (the package's rounding budget,
+``K`` absorbing layers); the forward check of EfficientNet likewise, against
+the same net with every weight moved by one ulp (its training-mode
+BatchNorms over a batch of 4 amplify rounding far beyond a gain of 1). The
+control: the unmapped twin, apart by ``O(1 - p)`` (on EfficientNet, measured
+once: 0.04-0.2 in training, 0.006 at inference; not rerun, to save time).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import dropout_lib as dl  # noqa: E402
+from dropout_lib import twins  # noqa: E402
+
+L = keras.layers
+RNG = np.random.default_rng(4)
+X, Y = RNG.normal(size=(16, 4)), RNG.normal(size=(16, 2))
+
+
+def residual_net(variant, last):
+    """x + Dropout(F(x)), per-sample (noise_shape (None, 1), stochastic depth); F ends in ``last``."""
+    cls = L.Dropout if variant == "inverted" else dl.StandardDropout
+    init = keras.initializers.RandomNormal(stddev=0.5, seed=1)
+    x = keras.Input((4,))
+    h = L.Dense(4, "relu", kernel_initializer=init, bias_initializer=init)(x)
+    if last == "dense":
+        h = L.Dense(4, kernel_initializer=init, bias_initializer=init, name="f_out")(h)
+    else:
+        h = L.BatchNormalization(momentum=0.5, gamma_initializer=init, name="f_out")(h)
+    branch = cls(0.25, noise_shape=(None, 1), seed=3, name="drop_path")(h)
+    return keras.Model(x, L.Dense(2, kernel_initializer=init)(L.Add()([x, branch])))
+
+
+@pytest.mark.parametrize("last,to", [("dense", "standard"), ("dense", "inverted"), ("batchnorm", "inverted")])
+def test_residual_dropout_maps_on_the_producer_side(last, to):
+    source_variant = "inverted" if to == "standard" else "standard"
+    with twins.keras_float64():
+        source = residual_net(source_variant, last)
+        converted = dl.convert_model(source, to=to)
+        sgd = keras.optimizers.SGD(0.1, momentum=0.9)
+        result = dl.verify(source, converted, X, Y, steps=4, optimizer=sgd, run_eagerly=True)
+        unmapped = twins.ConvertedModel(
+            twins.twin(source, to), None, converted.direction, converted.consumers
+        )
+        control = dl.verify(source, unmapped, X, Y, steps=1, optimizer=sgd, run_eagerly=True)
+    assert converted.maps == {"drop_path": (("f_out", "producer"),)}
+    assert result.exact, result
+    assert max(control.gaps) > 1e-2, control
+
+
+def test_efficientnet_stochastic_depth_converts():
+    """EfficientNetB0 (weights=None, 32x32): stochastic depth by Dropout(noise_shape), 9 producer maps."""
+    with twins.keras_float64():
+        net = keras.applications.EfficientNetB0(input_shape=(32, 32, 3), weights=None, classes=3)
+        converted = dl.convert_model(net, to="standard")
+        x = np.random.default_rng(0).normal(size=(4, 32, 32, 3))
+        ulp = twins._copy_model(net)
+        for v in ulp.weights:
+            value = np.asarray(v.numpy())
+            if value.dtype.kind == "f":
+                v.assign(np.nextafter(value, np.inf))
+        twins.share_masks(net, converted.model)  # the next training calls draw the same masks
+        twins.share_masks(net, ulp)
+        y = np.asarray(net(x, training=True))
+        gap = twins.relative_difference(np.asarray(converted.model(x, training=True)), y)
+        control = twins.relative_difference(np.asarray(ulp(x, training=True)), y)
+    producers = [c for c in converted.consumers if c.kind == "producer"]
+    assert len(producers) == 9 and converted.maps["block2b_drop"] == (("block2b_project_bn", "producer"),)
+    assert converted.maps["top_dropout"] == (("predictions", "kernel"),)
+    k = len(converted.consumers)
+    assert gap <= 10 * twins.ULPS_PER_LAYER * k * max(control, np.finfo(np.float64).eps), (gap, control)
