@@ -9,7 +9,8 @@ Each page is loaded from ``file://`` (offline, no server) and must show:
 * no severe message in the browser console (a missing file, a blocked load);
 * no raw LaTeX in the text (``\\texttt``, ``\\_``, a ``$`` outside math and code);
 * no table wider than its container at 1280 px (every number readable without
-  scrolling sideways);
+  scrolling sideways), and on the first page and the recipe no code line wider
+  than its box;
 * every collapsed proof has its own id, starts collapsed, and its title toggles
   it and no other block (sphinx-proof repeated ``id="proof"``, so every
   button toggled the first proof: ``_ext/unique_proof_ids.py``).
@@ -42,6 +43,10 @@ CHROMEDRIVER = (
     )
 )
 SKIP_PAGES = {"search.html", "genindex.html"}
+# Pages whose every code line must fit its box at 1280 px (a comment cut off
+# in the box was how the recipe's no-map pair read). The chapters have code
+# lines up to 88 characters (CONTRIBUTING), wider than the box's ~76.
+CODE_FITS = {"intro.html", "recipe.html"}
 # pydata-sphinx-theme logs this on a browser profile's first page (no stored
 # light/dark choice yet) and then picks "auto"; it is not a fault of the book.
 HARMLESS_CONSOLE = ("Got invalid theme mode",)
@@ -133,7 +138,23 @@ return {
       width: t.getBoundingClientRect().width, room: t.parentElement.clientWidth,
       head: t.textContent.trim().slice(0, 60)})).filter(t => t.width > t.room + 1),
   proofs: proofToggles(),
+  wide_code: wideCodeLines(),
 };
+
+function wideCodeLines() {
+  // Code lines wider than their box (measured in the box's own font).
+  const out = [];
+  document.querySelectorAll('article div.highlight pre').forEach(pre => {
+    const cs = getComputedStyle(pre);
+    const ctx = document.createElement('canvas').getContext('2d');
+    ctx.font = cs.font;
+    const room = pre.clientWidth - parseFloat(cs.paddingLeft) - parseFloat(cs.paddingRight);
+    pre.textContent.split('\n').forEach(line => {
+      if (ctx.measureText(line).width > room + 1) out.push(line);
+    });
+  });
+  return out;
+}
 
 function rawLatex() {
   // The text a reader sees, outside math, code and scripts.
@@ -205,6 +226,8 @@ def test_page_renders_offline(browser, page: Path) -> None:
     assert not info["raw_latex"], f"raw LaTeX in the text: {info['raw_latex']}"
     assert not info["wide_tables"], f"tables wider than their container at 1280 px: {info['wide_tables']}"
     assert not info["proofs"]["faults"], f"proof toggles: {info['proofs']['faults']}"
+    if page.name in CODE_FITS and page.parent == HTML:
+        assert not info["wide_code"], f"code lines wider than their box at 1280 px: {info['wide_code']}"
 
 
 def test_chapters_have_math_and_figures() -> None:
