@@ -322,6 +322,15 @@ def _hidden_dropouts(model: keras.Model, *, strict: bool) -> None:
                 value = getattr(sub, attribute, None)
                 if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
                     inside = "" if sub is layer else f" in its sublayer {sub.name!r} ({type(sub).__name__})"
+                    if isinstance(sub, _L.MultiHeadAttention):
+                        raise NotConvertibleError(
+                            f"{where} drops attention probabilities inside itself (dropout={value}"
+                            f"{inside}), which this conversion cannot swap. The exact map is in "
+                            "the value or the output projection (chapter 8: the output projection's "
+                            "kernel, or the value projection's kernel and bias, times s, with their "
+                            "optimizer maps), with the inner dropout swapped; convert_model does not "
+                            f"build it. {KEEP_THE_VARIANT[0].upper()}{KEEP_THE_VARIANT[1:]}."
+                        )
                     raise NotConvertibleError(
                         f"{where} applies dropout inside itself ({attribute}={value}{inside}), "
                         "which this conversion cannot see into or swap: it would stay Keras's "

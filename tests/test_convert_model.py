@@ -252,7 +252,7 @@ REFUSALS = {
         lambda: (lambda x: keras.Model(x, L.MultiHeadAttention(2, 2, dropout=0.1, name="mha")(x, x)))(
             keras.Input((3, 4))
         ),
-        "mha",
+        r"'mha'.*attention probabilities.*value or the output projection",
     ),
     "recurrent dropout": (lambda: _seq(L.LSTM(3, dropout=0.2, name="lstm"), shape=(5, 4)), "lstm"),
     "recurrent dropout in a wrapped RNN": (
