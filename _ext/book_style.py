@@ -10,6 +10,8 @@ The rules:
   of the text around them: with 864 of them bold, test counts and ulps stood
   out more than the hyperparameters a reader came for. Bold only where the
   source asks for it (``**`` around the glue).
+* figure captions in the text's colour (the theme's muted grey made them
+  pale: issue 21, Fig. 5.1).
 * search: a page whose title holds more of the query's words ranks higher.
   Sphinx scores a page by its *best* matching word (a title match 15, a text
   match 5), so for "learning rate keras" every page with "Keras" in its title
@@ -36,6 +38,9 @@ div.prf-proof {
 }
 span.pasted-text {
   font-weight: inherit;
+}
+figcaption {
+  color: var(--pst-color-text-base);
 }
 article table.table td code, article table.table th code {
   overflow-wrap: anywhere;
