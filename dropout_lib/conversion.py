@@ -73,6 +73,15 @@ kernel's (the gradients are ``1/s`` times the source's). Per-sample
 stochastic depth, ``Dropout(rate, noise_shape=(None, 1, ..., 1))``, is such
 a dropout (EfficientNet's).
 
+Attention dropout (chapter 8): ``MultiHeadAttention(dropout=r)`` drops its
+attention probabilities, ``A m / p``, and its output projection reads
+``einsum(A_dropped, V)`` linearly, so the output projection's kernel absorbs
+the factor like a consuming kernel (``W_o -> s W_o``, bias unchanged, its
+optimizer mapped); the layer is swapped for
+:class:`dropout_lib.layers.StandardMultiHeadAttention` (the paper's dropout
+inside) or back. Its query, key and value must be undropped (the softmax is
+not homogeneous).
+
 Hyperparameters tied to the consuming kernels map with the same ``s``
 (derivations in each function): L2 penalty ``l2 / s**2`` (``l2 * p**2`` to
 standard), L1 ``l1 / s``, max-norm ``c * s`` (``c / p``), an initialiser's
@@ -91,7 +100,7 @@ import numpy as np
 from keras import ops
 from numpy.typing import NDArray
 
-from dropout_lib.layers import StandardDropout
+from dropout_lib.layers import StandardDropout, StandardMultiHeadAttention
 from dropout_lib.validation import (
     Direction,
     NoExactMapError,
@@ -225,14 +234,18 @@ _EPSILON_MAPS: tuple[type, ...] = (
 #: reads the state, which is the same in both variants).
 _RNN_INPUT: tuple[type, ...] = (L.LSTM, L.GRU, L.SimpleRNN)
 
+#: Attention layers whose output projection absorbs their attention dropout.
+_ATTENTION: tuple[type, ...] = (L.MultiHeadAttention, StandardMultiHeadAttention)
+
 #: What absorbed a dropout's factor (``Consumer.kind``).
 KERNEL = "kernel"
 RECURRENT_INPUT_KERNEL = "recurrent input kernel"
 BATCH_NORMALIZATION = "batch normalization epsilon and moving statistics"
 NORMALIZATION_EPSILON = "normalization epsilon"
 PRODUCER = "producer"
+ATTENTION_OUTPUT = "attention output projection"
 #: Kinds whose variables are trained parameters (their optimizer is mapped).
-KERNEL_KINDS = (KERNEL, RECURRENT_INPUT_KERNEL, PRODUCER)
+KERNEL_KINDS = (KERNEL, RECURRENT_INPUT_KERNEL, PRODUCER, ATTENTION_OUTPUT)
 
 #: Layers that can take a residual dropout's factor on the producer side:
 #: their output is linear in (kernel, bias) or (gamma, beta), scaled together.
@@ -372,6 +385,8 @@ class Consumer:
         ``F'(x) = s F(x)`` and the dropout's output is the same in both
         variants (``m F(x) / p = m (F(x)/p)``, chapter 8); its gradients are
         ``1/s`` times the source's, so its optimizer is mapped like a kernel's.
+        ``'attention output projection'``: a MultiHeadAttention's own
+        attention dropout, absorbed by its output projection's kernel.
     dropouts
         The names of the dropout layers whose factor this layer absorbs.
 
@@ -522,6 +537,20 @@ class _Walk:
                 )
             self._record(layer, ins[0])
             return 1.0
+        if type(layer) in _ATTENTION and float(layer.dropout) > 0:
+            if not all(_close(c, 1.0) for c in ins):
+                raise NotConvertibleError(
+                    f"layer {layer.name!r} ({type(layer).__name__}) reads a dropped query, key "
+                    "or value: its softmax is not homogeneous, so no map passes the factor. "
+                    f"{KEEP_THE_VARIANT[0].upper()}{KEEP_THE_VARIANT[1:]}."
+                )
+            # its own dropout on the attention probabilities: the output projection absorbs it
+            if id(layer) not in self.calls:
+                self.calls[id(layer)] = (layer, [])
+                self.order.append(id(layer))
+            self.calls[id(layer)][1].append(1.0 - float(layer.dropout))
+            self.feeds.setdefault(id(layer), set()).add(f"{layer.name}/attention_dropout")
+            return 1.0
         if type(layer) in _EPSILON_MAPS and not _close(ins[0], 1.0):
             (c,) = ins
             self._record(layer, c)
@@ -576,6 +605,9 @@ class _Walk:
                     out.append(Consumer(layer, variables, factors[0], BATCH_NORMALIZATION, dropouts))
                 elif type(layer) in _EPSILON_MAPS:
                     out.append(Consumer(layer, (), factors[0], NORMALIZATION_EPSILON, dropouts))
+                elif type(layer) in _ATTENTION:
+                    variables = (layer._output_dense.kernel,)
+                    out.append(Consumer(layer, variables, factors[0], ATTENTION_OUTPUT, dropouts))
                 elif type(layer) in _RNN_INPUT:
                     variables = consumer_kernels(layer)
                     out.append(Consumer(layer, variables, factors[0], RECURRENT_INPUT_KERNEL, dropouts))

@@ -178,3 +178,33 @@ class StandardDropout(keras.layers.Layer):
         config = super().get_config()
         config.update({"rate": self.rate, "noise_shape": self.noise_shape, "seed": self.seed})
         return config
+
+
+@keras.saving.register_keras_serializable(package="dropout_lib")
+class StandardMultiHeadAttention(keras.layers.MultiHeadAttention):
+    """``keras.layers.MultiHeadAttention`` with the paper's dropout on the attention probabilities.
+
+    Keras drops attention probabilities with inverted dropout, ``A m / p``;
+    this layer uses :class:`StandardDropout`, ``A m`` in training and ``p A``
+    at inference, with the same ``dropout`` rate (Keras's drop probability
+    ``1 - p``), seed and masks. The output projection ``W_o`` reads
+    ``einsum(A_dropped, V)`` linearly, so a ``MultiHeadAttention`` with
+    ``W_o`` and this layer with ``W_o / p`` compute the same function
+    (chapter 8); :func:`dropout_lib.twins.convert_model` builds one from the
+    other.
+
+    Examples
+    --------
+    >>> import keras, numpy as np
+    >>> attention = StandardMultiHeadAttention(num_heads=1, key_dim=2, dropout=0.5, seed=1)
+    >>> x = np.ones((1, 3, 2), dtype="float32")
+    >>> tuple(attention(x, x).shape), type(attention._dropout_layer).__name__
+    ((1, 3, 2), 'StandardDropout')
+    """
+
+    def _build_attention(self, rank: int) -> None:
+        super()._build_attention(rank)
+        inverted = self._dropout_layer
+        self._dropout_layer = StandardDropout(self._dropout, dtype=self.dtype_policy, seed=self.seed)
+        if inverted in self._layers:  # Keras tracks the replaced Dropout: forget it
+            self._layers.remove(inverted)

@@ -77,6 +77,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from dropout_lib.conversion import (
     _PRODUCERS,
+    ATTENTION_OUTPUT,
     BATCH_NORMALIZATION,
     KEEP_THE_VARIANT,
     KERNEL_KINDS,
@@ -94,7 +95,7 @@ from dropout_lib.conversion import (
     map_regularizer,
 )
 from dropout_lib.exact import mlp
-from dropout_lib.layers import StandardDropout
+from dropout_lib.layers import StandardDropout, StandardMultiHeadAttention
 from dropout_lib.mapping import (
     check_untrained,
     clone_optimizer,
@@ -292,6 +293,10 @@ def _seed_generators(layer: keras.layers.Layer) -> list[Any]:
 
 
 _NOT_BERNOULLI = (_L.GaussianDropout, _L.AlphaDropout)
+_ATTENTION_TWINS = {
+    _L.MultiHeadAttention: StandardMultiHeadAttention,
+    StandardMultiHeadAttention: _L.MultiHeadAttention,
+}
 _DROPOUT_ATTRIBUTES = ("dropout", "recurrent_dropout")
 
 
@@ -322,6 +327,8 @@ def _hidden_dropouts(model: keras.Model, *, strict: bool) -> None:
                 value = getattr(sub, attribute, None)
                 if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
                     inside = "" if sub is layer else f" in its sublayer {sub.name!r} ({type(sub).__name__})"
+                    if isinstance(sub, _L.MultiHeadAttention) and type(sub) in _ATTENTION_TWINS:
+                        continue  # swapped whole, its output projection mapped
                     if isinstance(sub, _L.MultiHeadAttention):
                         raise NotConvertibleError(
                             f"{where} drops attention probabilities inside itself (dropout={value}"
@@ -338,6 +345,8 @@ def _hidden_dropouts(model: keras.Model, *, strict: bool) -> None:
                         f"{attribute}=0 and put a keras.layers.Dropout layer in the graph "
                         f"instead (a different model), or {KEEP_THE_VARIANT}."
                     )
+        if type(layer) in _ATTENTION_TWINS:
+            continue  # its attention dropout is swapped with the layer, the output projection mapped
         inner = [
             sub
             for sub in layer._flatten_layers(include_self=False)
@@ -507,7 +516,10 @@ def _clone(model: keras.Model, variant: Variant, mapped: dict[int, dict[str, Any
     def clone(layer: keras.layers.Layer) -> keras.layers.Layer:
         if _is_dropout(layer):
             return _swap(layer, variant)
-        new = layer.__class__.from_config(layer.get_config())
+        kind = layer.__class__
+        if kind in _ATTENTION_TWINS and float(layer.dropout) > 0:
+            kind = StandardMultiHeadAttention if variant == "standard" else _L.MultiHeadAttention
+        new = kind.from_config(layer.get_config())
         for key, value in mapped.get(id(layer), {}).items():
             if key.startswith("cell."):
                 setattr(new.cell, key[len("cell.") :], value)
@@ -539,6 +551,17 @@ def _mapped_hyperparameters(consumers: Sequence[Consumer], direction: Direction)
         layer, p = consumer.layer, consumer.keep_prob
         if consumer.kind not in KERNEL_KINDS:
             mapped[id(layer)] = _normalization_map(consumer, direction)
+            continue
+        if consumer.kind == ATTENTION_OUTPUT:
+            # one regulariser/constraint serves all four projections: no map for the output alone
+            for key in ("kernel_regularizer", "kernel_constraint"):
+                if getattr(layer, f"_{key}", None) is not None:
+                    raise NotConvertibleError(
+                        f"layer {layer.name!r} ({type(layer).__name__}): its {key} acts on all "
+                        "four projections, and only the output projection is rescaled, so no "
+                        f"single {key} maps. Remove it, or {KEEP_THE_VARIANT}."
+                    )
+            mapped[id(layer)] = {}  # the shared initialiser is not mapped: the weights are
             continue
         if consumer.kind == PRODUCER:  # kernel and bias, or gamma and beta, all scaled by s
             prefixes = tuple(n for n in _PRODUCERS[type(layer)] if getattr(layer, n, None) is not None)
@@ -691,8 +714,10 @@ def convert_model(
     residual branch ``x + Dropout(F(x))`` (stochastic depth included) is
     mapped on the producer side: ``F``'s last Dense/Conv kernel and bias, or
     its last normalisation's gamma and beta, times ``s``, with their
-    optimizer mapped (chapter 8). :attr:`ConvertedModel.maps` says which map
-    absorbed each dropout.
+    optimizer mapped (chapter 8); ``MultiHeadAttention(dropout=...)`` becomes
+    :class:`~dropout_lib.layers.StandardMultiHeadAttention` (or back) with its
+    output projection's kernel times ``s``. :attr:`ConvertedModel.maps` says
+    which map absorbed each dropout.
 
     Other random layers: Keras's own (``GaussianNoise``, the ``Random*``
     augmentation layers) get copies of their generator states; any other
@@ -1170,9 +1195,10 @@ class Verification:
     ----------
     gaps
         After each training step ``t`` (``gaps[0]`` before any), the largest
-        relative difference between a weight of the source and the same
-        weight of the conversion mapped back (a consuming kernel divided by
-        its factor ``s``), ``max_v ||v_tgt / s - v_src||_inf / ||v_src||_inf``.
+        difference between a weight of the source and the same weight of the
+        conversion mapped back (a consuming kernel divided by its factor
+        ``s``), relative to the source's largest weight:
+        ``max_v ||v_tgt / s - v_src||_inf / max_v ||v_src||_inf``.
     controls
         The same distance between the source and a copy of it whose every
         float weight was moved by one ulp, trained alike: how far rounding
@@ -1250,14 +1276,18 @@ def _copy_model(model: keras.Model) -> keras.Model:
 
 
 def _weight_gap(source: keras.Model, target: keras.Model, factor: Mapping[str, float]) -> float:
-    gaps = [0.0]
+    """``max_v ||v_tgt / f_v - v_src||_inf / max_v ||v_src||_inf`` over the float variables.
+
+    Relative to the model's largest weight, not each variable's: a variable
+    whose gradient is zero in exact arithmetic (an attention key's bias) moves
+    by rounding noise alone, and its own relative change means nothing.
+    """
+    num, den = 0.0, 0.0
     for w, v in zip(source.weights, target.weights):
         a, b = np.asarray(_numpy(w), np.float64), np.asarray(_numpy(v), np.float64) / factor.get(v.path, 1.0)
-        if a.dtype.kind == "f" and a.size:
-            gaps.append(
-                float(np.max(np.abs(b - a)) / max(float(np.max(np.abs(a))), np.finfo(np.float64).tiny))
-            )
-    return max(gaps)
+        if np.asarray(_numpy(w)).dtype.kind == "f" and a.size:
+            num, den = max(num, float(np.max(np.abs(b - a)))), max(den, float(np.max(np.abs(a))))
+    return num / den if den > 0 else num
 
 
 def verify(

@@ -248,11 +248,13 @@ REFUSALS = {
     "gaussian dropout": (lambda: _seq(L.GaussianDropout(0.3, name="gd"), L.Dense(2)), "gd"),
     "alpha dropout": (lambda: _seq(L.AlphaDropout(0.3, name="ad"), L.Dense(2)), "ad"),
     "custom layer holding a dropout": (lambda: _seq(Custom(name="custom"), L.Dense(2)), "custom"),
-    "attention dropout": (
-        lambda: (lambda x: keras.Model(x, L.MultiHeadAttention(2, 2, dropout=0.1, name="mha")(x, x)))(
-            keras.Input((3, 4))
-        ),
-        r"'mha'.*attention probabilities.*value or the output projection",
+    "attention dropout with a regulariser shared by the projections": (
+        lambda: (
+            lambda x: keras.Model(
+                x, L.MultiHeadAttention(2, 2, dropout=0.1, kernel_regularizer="l2", name="mha")(x, x)
+            )
+        )(keras.Input((3, 4))),
+        r"'mha'.*four projections",
     ),
     "recurrent dropout": (lambda: _seq(L.LSTM(3, dropout=0.2, name="lstm"), shape=(5, 4)), "lstm"),
     "recurrent dropout in a wrapped RNN": (

@@ -88,3 +88,33 @@ def test_efficientnet_stochastic_depth_converts():
     assert converted.maps["top_dropout"] == (("predictions", "kernel"),)
     k = len(converted.consumers)
     assert gap <= 10 * twins.ULPS_PER_LAYER * k * max(control, np.finfo(np.float64).eps), (gap, control)
+
+
+def attention_block():
+    """A Transformer block's attention: x + MHA(x, x) (dropout 0.2 on the probabilities), LayerNorm."""
+    init = keras.initializers.RandomNormal(stddev=0.5, seed=5)
+    x = keras.Input((5, 8))
+    attention = L.MultiHeadAttention(2, 4, dropout=0.2, seed=3, kernel_initializer=init, name="mha")(x, x)
+    h = L.LayerNormalization()(L.Add()([x, attention]))
+    return keras.Model(x, L.Dense(2, kernel_initializer=init)(L.GlobalAveragePooling1D()(h)))
+
+
+def test_attention_dropout_maps_in_the_output_projection_both_ways():
+    """MultiHeadAttention(dropout=0.2) -> the paper's dropout inside, W_o / p; and back."""
+    x, y = RNG.normal(size=(12, 5, 8)), RNG.normal(size=(12, 2))
+    with twins.keras_float64():
+        source = attention_block()
+        standard = dl.convert_model(source, to="standard")
+        back = dl.convert_model(standard.model, to="inverted")
+        sgd = keras.optimizers.SGD(0.1, momentum=0.9)
+        forward = dl.verify(source, standard, x, y, steps=3, optimizer=sgd, run_eagerly=True)
+        backward = dl.verify(standard.model, back, x, y, steps=3, optimizer=sgd, run_eagerly=True)
+        unmapped = twins.ConvertedModel(
+            twins.twin(source, "standard"), None, "to_standard", standard.consumers
+        )
+        control = dl.verify(source, unmapped, x, y, steps=1, optimizer=sgd, run_eagerly=True)
+    assert type(standard.model.get_layer("mha")) is dl.layers.StandardMultiHeadAttention
+    assert type(back.model.get_layer("mha")) is L.MultiHeadAttention
+    assert standard.maps == {"mha/attention_dropout": (("mha", "attention output projection"),)}
+    assert forward.exact and backward.exact, (forward, backward)
+    assert max(control.gaps) > 1e-2, control
