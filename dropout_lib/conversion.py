@@ -509,7 +509,9 @@ class _Walk:
                     raise NotConvertibleError(
                         f"dropout {layer.name!r} sits on a residual branch whose last layer "
                         f"{producer.name!r} already reads a dropped tensor: the producer-side map "
-                        f"would scale a layer another map scales too. {KEEP_THE_VARIANT}."
+                        "would scale a layer another map scales too (the two maps compose, but "
+                        "not in one optimizer map). Put a layer between them (a different model), "
+                        f"or {KEEP_THE_VARIANT}."
                     )
                 names = _PRODUCERS[type(producer)]
                 variables = tuple(

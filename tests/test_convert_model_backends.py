@@ -6,8 +6,12 @@ skipped: the book's environment has TensorFlow only, and the other tests run
 the same API there. To run these: install ``jax`` or ``torch`` next to the
 project's requirements and run this file.
 
-On torch, Keras 3.15.1 multiplies float64 matrices in float32 (see the
-test): there the twins agree to float32 rounding, still far from the control.
+On torch, Keras 3.15.1 multiplies float64 matrices in float32, and on JAX
+its BatchNormalization/LayerNormalization are float32-accurate in float64
+(see the test): there the twins agree to float32 rounding, still far from
+the control. The forward checks of the other maps (BatchNorm and LayerNorm
+epsilon, LSTM input kernel, producer side, attention) compare two training
+calls and inference with ``4 K eps``, ``K <= 3``.
 
 The script trains the paper's net (``StandardDropout``) and its conversion to
 Keras's dropout in float64 with SGD on the same batches and masks, the source
@@ -68,6 +72,33 @@ with twins.keras_float64():
                    / float(np.max(np.abs(keras.ops.convert_to_numpy(w))))
                    for w, v in zip(source.weights, model.weights))
     out["gap"], out["control"] = gap(ported.model), gap(control)
+    # the other maps: BatchNorm and LayerNorm epsilon, LSTM input kernel, producer side, attention
+    init = keras.initializers.RandomNormal(stddev=0.5, seed=5)
+    def block(kind):
+        if kind == "lstm":
+            x = keras.Input((5,), dtype="int32")
+            h = L.LSTM(3, kernel_initializer=init)(L.Dropout(0.2, seed=2)(L.Embedding(10, 4)(x)))
+        elif kind == "attention":
+            x = keras.Input((5, 8))
+            h = L.GlobalAveragePooling1D()(L.MultiHeadAttention(2, 4, dropout=0.2, seed=3)(x, x))
+        else:
+            x = keras.Input((4,))
+            h = L.Dropout(0.2, seed=2)(L.Dense(6, "relu", kernel_initializer=init)(x))
+            if kind == "residual":
+                h = L.Dense(6)(L.Dense(6, "relu")(h))  # a consumer, then the producer
+                h = L.Add()([L.Dense(6)(x), L.Dropout(0.2, noise_shape=(None, 1), seed=4)(h)])
+            else:
+                h = {"batchnorm": L.BatchNormalization, "layernorm": L.LayerNormalization}[kind]()(h)
+        return keras.Model(x, L.Dense(2, kernel_initializer=init)(h))
+    rng = np.random.default_rng(1)
+    inputs = {"lstm": rng.integers(0, 10, size=(4, 5)), "attention": rng.normal(size=(4, 5, 8))}
+    out["maps"] = {}
+    for kind in ("batchnorm", "layernorm", "lstm", "residual", "attention"):
+        model = block(kind)
+        converted = dl.convert_model(model, to="standard")
+        xs = inputs.get(kind, rng.normal(size=(4, 4)))
+        result = twins.compare_twins(model, converted.model, xs, training_calls=2, predict=False)
+        out["maps"][kind] = [result.worst, [c.kind for c in converted.consumers]]
     try:
         tanh = L.Activation("tanh", name="act")
         bad = keras.Sequential([keras.Input((4,)), L.Dropout(0.5), tanh, L.Dense(2)])
@@ -99,3 +130,8 @@ def test_public_api_on_another_backend(backend, module):
     assert result["round_trip_lr"] == 0.1, result  # the original, not 0.1 * p**2 / p**2
     assert result["mapped_lr"] == pytest.approx(0.1 * 0.8**2, rel=1e-15), result
     assert "'act' (Activation)" in result["refusal"], result
+    for kind, (worst, kinds) in result["maps"].items():  # forward, 2 training calls and inference
+        # Keras 3.15.1's JAX backend normalises float64 to float32 accuracy (its LayerNormalization
+        # is 1.5e-8-3e-8 from the float64 formula whatever the epsilon's type): float32's eps there
+        unit = 2.0**-23 if backend == "jax" and kind in ("batchnorm", "layernorm") else eps
+        assert worst <= 4 * 3 * unit, (kind, worst, kinds)  # rounding_tolerance(K <= 3)
