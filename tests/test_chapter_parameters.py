@@ -31,6 +31,7 @@ KERNEL_NAME = "dropout-book"  # tools/execute_notebooks.py's kernel
 # normal one) and another seed
 OTHER_VALUES = {
     "01_two_dropouts.ipynb": ("keras_rate = 0.5\nmc_rates = (0.5, 0.25, 0.01)\nn_draws = 5_000\nseed = 7"),
+    "07_where_equivalence_ends.ipynb": "p = 0.5\nseed = 3",
     "09_ensemble_view.ipynb": "keep_prob = 0.7\np_in, p_hidden = 0.9, 0.6\nseed, net_seed = 7, 3",
 }
 
