@@ -237,6 +237,21 @@ _RNN_INPUT: tuple[type, ...] = (L.LSTM, L.GRU, L.SimpleRNN)
 #: Attention layers whose output projection absorbs their attention dropout.
 _ATTENTION: tuple[type, ...] = (L.MultiHeadAttention, StandardMultiHeadAttention)
 
+
+def _rnns(layer: Any) -> tuple[Any, ...]:
+    """The recurrent layers whose input kernels read ``layer``'s input (both of a Bidirectional)."""
+    if type(layer) is L.Bidirectional:
+        return (layer.forward_layer, layer.backward_layer)
+    return (layer,)
+
+
+def _is_rnn(layer: Any) -> bool:
+    return type(layer) in _RNN_INPUT or (
+        type(layer) is L.Bidirectional
+        and all(type(rnn) in _RNN_INPUT for rnn in (layer.forward_layer, layer.backward_layer))
+    )
+
+
 #: What absorbed a dropout's factor (``Consumer.kind``).
 KERNEL = "kernel"
 RECURRENT_INPUT_KERNEL = "recurrent input kernel"
@@ -444,10 +459,10 @@ def consumer_kernels(layer: keras.layers.Layer) -> tuple[Any, ...]:
     >>> [v.name for v in consumer_kernels(layer)]
     ['kernel']
     """
-    if type(layer) in _RNN_INPUT:
+    if _is_rnn(layer):
         if not layer.built:
             raise NotConvertibleError(f"layer {layer.name!r} is not built; build the model first.")
-        return (layer.cell.kernel,)
+        return tuple(rnn.cell.kernel for rnn in _rnns(layer))
     names = _CONSUMER_KERNELS.get(type(layer))
     if names is None:
         raise NotConvertibleError(
@@ -528,7 +543,7 @@ class _Walk:
             if not _close(ins[0], 1.0):
                 consumer_kernels(layer)  # LoRA / quantisation / unbuilt checks
             return 1.0
-        if type(layer) in _RNN_INPUT:
+        if _is_rnn(layer):
             # call(sequences, initial_state=..., mask=...): only the sequence may be dropped
             if not all(_close(c, 1.0) for c in ins[1:]):
                 raise NotConvertibleError(
@@ -610,7 +625,7 @@ class _Walk:
                 elif type(layer) in _ATTENTION:
                     variables = (layer._output_dense.kernel,)
                     out.append(Consumer(layer, variables, factors[0], ATTENTION_OUTPUT, dropouts))
-                elif type(layer) in _RNN_INPUT:
+                elif _is_rnn(layer):
                     variables = consumer_kernels(layer)
                     out.append(Consumer(layer, variables, factors[0], RECURRENT_INPUT_KERNEL, dropouts))
                 else:

@@ -86,6 +86,7 @@ from dropout_lib.conversion import (
     Consumer,
     ScaledInitializer,
     _plain_initializer,
+    _rnns,
     convert_weights,
     converted_weights,
     dropout_consumers,
@@ -504,6 +505,20 @@ def twin(model: keras.Model, variant: Variant) -> keras.Model:
     return _clone(model, variant, {})
 
 
+def _set_mapped(layer: Any, name: str, value: Any) -> None:
+    """Set a mapped attribute, and on a variable the layer has already built, its penalty or constraint.
+
+    A layer rebuilt from a config may be built at once (a Bidirectional's
+    RNNs are): its variables then hold the config's regulariser (a Python
+    float, which Keras rounds through float32) and constraint.
+    """
+    setattr(layer, name, value)
+    variable_name, _, kind = name.rpartition("_")
+    variable = getattr(layer, variable_name, None) if getattr(layer, "built", False) else None
+    if kind in ("regularizer", "constraint") and isinstance(variable, keras.Variable):
+        setattr(variable, kind, value)
+
+
 def _clone(model: keras.Model, variant: Variant, mapped: dict[int, dict[str, Any]]) -> keras.Model:
     """Clone with dropouts swapped; layers in ``mapped`` (by id) get those attributes set.
 
@@ -521,10 +536,11 @@ def _clone(model: keras.Model, variant: Variant, mapped: dict[int, dict[str, Any
             kind = StandardMultiHeadAttention if variant == "standard" else _L.MultiHeadAttention
         new = kind.from_config(layer.get_config())
         for key, value in mapped.get(id(layer), {}).items():
-            if key.startswith("cell."):
-                setattr(new.cell, key[len("cell.") :], value)
-            else:
-                setattr(new, key, value)
+            *path, name = key.split(".")  # "cell.kernel_regularizer", "forward_layer.cell...."
+            target = new
+            for part in path:
+                target = getattr(target, part)
+            _set_mapped(target, name, value)
         _copy_lookup_state(layer, new)
         return new
 
@@ -562,6 +578,16 @@ def _mapped_hyperparameters(consumers: Sequence[Consumer], direction: Direction)
                         f"single {key} maps. Remove it, or {KEEP_THE_VARIANT}."
                     )
             mapped[id(layer)] = {}  # the shared initialiser is not mapped: the weights are
+            continue
+        if consumer.kind == RECURRENT_INPUT_KERNEL and type(layer) is _L.Bidirectional:
+            attributes = {}
+            for part, rnn, kernel in zip(
+                ("forward_layer", "backward_layer"), _rnns(layer), consumer.variables
+            ):
+                wrapped = Consumer(rnn, (kernel,), p, RECURRENT_INPUT_KERNEL, consumer.dropouts)
+                inner = _mapped_hyperparameters([wrapped], direction)[id(rnn)]
+                attributes.update({f"{part}.{key}": value for key, value in inner.items()})
+            mapped[id(layer)] = attributes
             continue
         if consumer.kind == PRODUCER:  # kernel and bias, or gamma and beta, all scaled by s
             prefixes = tuple(n for n in _PRODUCERS[type(layer)] if getattr(layer, n, None) is not None)
@@ -1253,9 +1279,10 @@ _MAPPED_ATTRIBUTES = tuple(
 def _copy_attributes(source: Any, target: Any) -> None:
     for name in _MAPPED_ATTRIBUTES:
         if name in vars(source):  # instance attributes only (an RNN's are its cell's)
-            setattr(target, name, vars(source)[name])
-    if hasattr(source, "cell") and hasattr(target, "cell"):
-        _copy_attributes(source.cell, target.cell)
+            _set_mapped(target, name, vars(source)[name])
+    for part in ("cell", "forward_layer", "backward_layer"):  # an RNN's cell, a Bidirectional's RNNs
+        if hasattr(source, part) and hasattr(target, part):
+            _copy_attributes(getattr(source, part), getattr(target, part))
 
 
 def _copy_model(model: keras.Model) -> keras.Model:

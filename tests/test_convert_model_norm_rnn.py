@@ -149,3 +149,29 @@ def test_embedding_dropout_lstm_trains_in_step(to, f64):
     tol = STEPS * 4 * 2 * EPS * 10  # K = 2: the LSTM and the Dense after it
     assert gap <= tol and predict <= tol, (gap, predict)
     assert control > 1e-4, control
+
+
+def test_bidirectional_lstm_with_an_l2_penalty_maps_both_input_kernels(f64):
+    """IMDB-style: Embedding -> Dropout -> Bidirectional(LSTM(kernel_regularizer=L2)); via dl.verify."""
+    x = keras.Input((5,), dtype="int32")
+    h = _dropout("inverted")(L.Embedding(10, 4, embeddings_initializer=_init(4))(x))
+    lstm = L.LSTM(3, kernel_regularizer=keras.regularizers.L2(0.01), kernel_initializer=_init(5))
+    source = keras.Model(x, L.Dense(3, kernel_initializer=_init(7))(L.Bidirectional(lstm, name="bi")(h)))
+    converted = dl.convert_model(source, to="standard")
+    bi = converted.model.get_layer("bi")
+    assert converted.maps == {"drop": (("bi", "recurrent input kernel"),)}
+    assert converted.consumers[0].variables == (bi.forward_layer.cell.kernel, bi.backward_layer.cell.kernel)
+    sgd = keras.optimizers.SGD(0.1)
+    result = dl.verify(source, converted, TOKENS, Y, steps=STEPS, optimizer=sgd, run_eagerly=True)
+    copied = twins.mapped_twin(source, "standard", hyperparameters="copied")  # L2 not mapped
+    control = dl.verify(
+        source,
+        twins.ConvertedModel(copied, None, "to_standard", converted.consumers),
+        TOKENS,
+        Y,
+        steps=STEPS,
+        optimizer=sgd,
+        run_eagerly=True,
+    )
+    assert result.exact, result
+    assert max(control.gaps) > 1e-4, control
