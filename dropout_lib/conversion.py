@@ -868,7 +868,7 @@ def convert_weights(model_src: keras.Model, model_dst: keras.Model, direction: D
                     f"has rate {b.rate}; rate is Keras's DROP probability (1 - p) "
                     "and must be equal in both."
                 )
-        elif type(a) is not type(b):
+        elif type(a) is not type(b) and {type(a), type(b)} != set(_ATTENTION):
             raise ValueError(
                 f"the twins differ: layer {a.name!r} is {type(a).__name__} in "
                 f"model_src but {b.name!r} is {type(b).__name__} in model_dst."
