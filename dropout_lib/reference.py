@@ -25,7 +25,6 @@ from dropout_lib.validation import (
     VARIANTS,
     Variant,
     check_keep_prob,
-    check_rate,
     check_variant,
     keep_prob_from_rate,
     rate_from_keep_prob,
@@ -45,8 +44,6 @@ __all__ = [
     "dropout",
     "relative_difference",
 ]
-
-_check_rate = check_rate  # the one check lives in dropout_lib.validation
 
 
 def check_mask(mask: ArrayLike, shape: tuple[int, ...]) -> NDArray[np.float64]:

@@ -85,6 +85,7 @@ from dropout_lib.conversion import (
     RECURRENT_INPUT_KERNEL,
     Consumer,
     ScaledInitializer,
+    _is_dropout,
     _plain_initializer,
     _rnns,
     convert_weights,
@@ -156,10 +157,6 @@ def _check_model(model: Any) -> keras.Model:
             f"model {model.name!r} is not built; give it a keras.Input (or call it on data) first."
         )
     return model
-
-
-def _is_dropout(layer: Any) -> bool:
-    return isinstance(layer, (_L.Dropout, StandardDropout))
 
 
 def _variant_of(layer: Any) -> Variant:

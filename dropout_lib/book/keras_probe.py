@@ -300,9 +300,6 @@ def trainer_training_lines() -> dict[str, SourceExcerpt]:
 # --------------------------------------------------------------------------- #
 
 
-_check_rate = check_rate  # the one check, in dropout_lib.validation
-
-
 def _float_dtype(dtype: DTypeLike) -> np.dtype:
     dt = np.dtype(dtype)
     if not np.issubdtype(dt, np.floating):
@@ -324,7 +321,7 @@ def inverted_scale(rate: float, dtype: DTypeLike = np.float32) -> np.floating:
     dtype
         The input's floating dtype.
     """
-    r = _check_rate(rate)
+    r = check_rate(rate)
     return _float_dtype(dtype).type(1.0 / (1.0 - r))
 
 
@@ -352,7 +349,7 @@ def division_mismatches(x: ArrayLike, rate: float) -> int:
     """
     arr = np.asarray(x)
     dt = _float_dtype(arr.dtype)
-    r = _check_rate(rate)
+    r = check_rate(rate)
     return int(np.count_nonzero(arr / dt.type(1.0 - r) != arr * inverted_scale(r, dt)))
 
 
@@ -450,7 +447,7 @@ def drop_fraction_z(n_dropped: int, n: int, rate: float) -> float:
     Binomial(n, rate), so ``|z| > 5`` has probability below ``1e-6`` when the
     layer drops each unit with probability ``rate``.
     """
-    r = _check_rate(rate)
+    r = check_rate(rate)
     if n <= 0 or r == 0:
         raise ValueError("need n > 0 and rate > 0 for a standard score.")
     return (n_dropped - n * r) / math.sqrt(n * r * (1.0 - r))
@@ -502,7 +499,7 @@ def mean_output_z(rate: float, x: ArrayLike, n_draws: int, seed: int) -> tuple[N
     ``p x`` (a dropout that forgot to rescale), in units of the standard
     error ``|x| sqrt((1 - p) / p) / sqrt(n)`` of ``m x / p``.
     """
-    r = _check_rate(rate)
+    r = check_rate(rate)
     xa = np.asarray(x)
     draws = keras.layers.Dropout(r, seed=seed)(np.tile(xa, (n_draws, 1)), training=True)
     mean = np.asarray(draws, dtype=np.float64).mean(axis=0)
@@ -528,7 +525,7 @@ def keras_keep_prob(rate: float) -> float:
     (see :func:`inverted_scale`). It equals the real ``1 - rate`` when
     ``rate >= 1/2`` (Sterbenz) and is within ``2**-54`` of it otherwise.
     """
-    return 1.0 - _check_rate(rate)
+    return 1.0 - check_rate(rate)
 
 
 def mean_ulp_bound(rate: float, dtype: DTypeLike) -> Fraction:
@@ -546,7 +543,7 @@ def mean_ulp_bound(rate: float, dtype: DTypeLike) -> Fraction:
     nearest; and ``beta < 2`` for every rate in ``(0, 1)`` in float32 and
     float64 (chapter 2, ``prop-keras-mean-ulps``).
     """
-    r = _check_rate(rate)
+    r = check_rate(rate)
     if r == 0:
         raise ValueError("rate = 0: Dropout returns x itself and the mean is x exactly.")
     u = _unit_roundoff(dtype)
