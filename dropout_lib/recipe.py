@@ -41,6 +41,7 @@ __all__ = [
     "mnist_port",
     "mnist_port_markdown",
     "rescaling_bound",
+    "page_values",
     "paper_dropout",
 ]
 
@@ -48,6 +49,8 @@ __all__ = [
 # p = 1 - p hides which one a factor uses); 0.5 is the paper's hidden-unit choice.
 KEEP_PROBS: tuple[float, ...] = (0.8, 0.5)
 _CONSUMING = "consuming kernels"
+# The maps of chapter 6 that go through lem-one-step (penalties, max-norm, clipping).
+_SGD_ADAM_ONLY = "proved with SGD (momentum, Nesterov) and Adam, not here with RMSprop or Adagrad"
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,7 @@ def _specs() -> list[tuple[str, str, float | None, Callable[[float, float, str],
     from dropout_lib import conversion, mapping
 
     O = keras.optimizers
+    adagrad0 = float(O.Adagrad().initial_accumulator_value)
 
     def opt_attr(make: Callable[[float], Any], read: Callable[[Any], float]):
         return lambda v, p, d: read(mapping.map_optimizer(make(v), p, d))
@@ -112,6 +116,59 @@ def _specs() -> list[tuple[str, str, float | None, Callable[[float, float, str],
         return variance_shift.equivalent_layernorm_epsilon(
             p, v, to="inverted" if d == "to_inverted" else "standard"
         )
+
+    def first(initializer):  # the value a constant initialiser fills a variable with
+        return float(keras.ops.convert_to_numpy(keras.initializers.get(initializer)((1,)))[0])
+
+    @functools.lru_cache(maxsize=8)
+    def batchnorm_port(p, d):
+        """A BatchNormalization reading a dropout, then a Dense, converted by convert_model.
+
+        Returns the source and target BatchNormalization layers; the Dense after
+        them must keep its kernel (the normalisation absorbs the factor, so no
+        consuming kernel is scaled).
+        """
+        import numpy as np
+
+        from dropout_lib.layers import StandardDropout
+        from dropout_lib.twins import convert_model
+
+        drop = StandardDropout(1 - p, seed=1) if d == "to_inverted" else keras.layers.Dropout(1 - p, seed=1)
+        source = keras.layers.BatchNormalization(epsilon=1e-3, name="bn")
+        model = keras.Sequential([keras.Input((4,)), drop, source, keras.layers.Dense(2, name="after")])
+        source.moving_mean.assign(np.ones(4))  # a trained model's moving mean (the default is 0)
+        ported = convert_model(model, to="inverted" if d == "to_inverted" else "standard")
+        after = [keras.ops.convert_to_numpy(m.get_layer("after").kernel) for m in (model, ported.model)]
+        if [c.layer.name for c in ported.consumers] != ["bn"] or not np.array_equal(*after):
+            raise AssertionError("convert_model scaled another layer than the BatchNormalization")
+        return source, ported.model.get_layer("bn")
+
+    def bn_epsilon(v, p, d):
+        source, target = batchnorm_port(p, d)
+        if source.epsilon != v:
+            raise AssertionError(f"the source's epsilon is {source.epsilon}, not {v}")
+        return target.epsilon
+
+    def bn_moving_variance(v, p, d):
+        source, target = batchnorm_port(p, d)
+        import numpy as np
+
+        start = first(source.moving_variance_initializer)
+        mapped = first(target.moving_variance_initializer)
+        variable = keras.ops.convert_to_numpy(target.moving_variance)
+        if start != v or not np.all(variable == mapped):
+            raise AssertionError(f"moving variance {variable}, initialiser {mapped}, source {start}")
+        return mapped
+
+    def bn_moving_mean(v, p, d):
+        source, target = batchnorm_port(p, d)
+        import numpy as np
+
+        start = keras.ops.convert_to_numpy(source.moving_mean)
+        if not np.all(start == v) or first(source.moving_mean_initializer) != 0:
+            raise AssertionError(f"the source's moving mean is {start}, not {v}")
+        (mapped,) = set(keras.ops.convert_to_numpy(target.moving_mean).tolist())
+        return mapped
 
     def shared(v, p, d):
         inp = keras.Input((4,))
@@ -188,38 +245,38 @@ def _specs() -> list[tuple[str, str, float | None, Callable[[float, float, str],
             "",
         ),
         (
-            "Adagrad `initial_accumulator_value` (Keras default 0.1)",
+            f"Adagrad `initial_accumulator_value` (Keras default {_fmt(adagrad0)})",
             _CONSUMING,
-            0.1,
+            adagrad0,
             opt_attr(
                 lambda v: O.Adagrad(1e-3, initial_accumulator_value=v),
                 lambda o: float(o.initial_accumulator_value),
             ),
-            "map Keras's default 0.1 too",
+            f"map Keras's default {_fmt(adagrad0)} too",
         ),
-        ("L2 penalty `L2(l2)`", _CONSUMING, 1e-4, conversion.map_l2, ""),
-        ("L1 penalty `L1(l1)`", _CONSUMING, 1e-5, conversion.map_l1, ""),
+        ("L2 penalty `L2(l2)`", _CONSUMING, 1e-4, conversion.map_l2, _SGD_ADAM_ONLY),
+        ("L1 penalty `L1(l1)`", _CONSUMING, 1e-5, conversion.map_l1, _SGD_ADAM_ONLY),
         (
             "max-norm radius $c$",
             _CONSUMING,
             3.0,
             conversion.map_max_norm,
             "with `dropout_lib.conversion.EquivariantMaxNorm`; Keras's `MaxNorm` is refused "
-            "(its built-in epsilon does not scale)",
+            "(its built-in epsilon does not scale); " + _SGD_ADAM_ONLY,
         ),
         (
             "`clipnorm` (per tensor)",
             _CONSUMING,
             1.0,
             opt_attr(lambda v: O.SGD(0.1, clipnorm=v), lambda o: float(o.clipnorm)),
-            "",
+            _SGD_ADAM_ONLY,
         ),
         (
             "`clipvalue` (per entry)",
             _CONSUMING,
             0.5,
             opt_attr(lambda v: O.SGD(0.1, clipvalue=v), lambda o: float(o.clipvalue)),
-            "",
+            _SGD_ADAM_ONLY,
         ),
         (
             "`momentum`, `beta_1`, `beta_2`, `rho`",
@@ -249,6 +306,32 @@ def _specs() -> list[tuple[str, str, float | None, Callable[[float, float, str],
             "and nothing else: not the kernels, not the optimizer "
             "({prf:ref}`prop-layernorm-map`); instead of the consumer-side map, "
             "and `convert_model` applies it",
+        ),
+        (
+            "`BatchNormalization(epsilon)` reading the dropped units (directly or through a "
+            "bias-free `Dense`)",
+            "that BatchNormalization",
+            1e-3,
+            bn_epsilon,
+            "instead of the consumer-side map ({prf:ref}`thm-bn-same-network`): the layers "
+            "after it, a `Dense` too, keep their kernels, and the optimizer is unchanged; "
+            "`convert_model` applies it with the two rows below",
+        ),
+        (
+            "its moving variance and `moving_variance_initializer` (Keras default "
+            f"{_fmt(first(keras.layers.BatchNormalization().moving_variance_initializer))})",
+            "that BatchNormalization",
+            1.0,
+            bn_moving_variance,
+            "else the test outputs agree only once the initial value has decayed "
+            "({prf:ref}`thm-bn-same-network`)",
+        ),
+        (
+            "its moving mean (of a trained model; the default initial zeros stay zeros)",
+            "that BatchNormalization",
+            1.0,
+            bn_moving_mean,
+            "as a linear recursion of the batch means, which scale with the input",
         ),
         (
             "a kernel shared by a dropped and an undropped input",
@@ -530,7 +613,7 @@ _TORCH = [
         "Adam, AdamW `weight_decay` (decoupled)",
     ),
     (
-        "`AdamW(weight_decay)` (decoupled, default 0.01)",
+        "`AdamW(weight_decay)` (decoupled, default {adamw_weight_decay})",
         "AdamW",
         "weight_decay",
         {},
@@ -557,7 +640,7 @@ _TORCH = [
         "Adagrad",
         "initial_accumulator_value",
         {"initial_accumulator_value": 0.1},
-        "Adagrad `initial_accumulator_value` (Keras default 0.1)",
+        "Adagrad `initial_accumulator_value`",
     ),
     (
         "`RMSprop`, `Adagrad` `weight_decay` (coupled)",
@@ -577,7 +660,8 @@ def torch_table_markdown(keep_probs: Sequence[float] = KEEP_PROBS) -> str:
     """
     from dropout_lib import pytorch
 
-    keras_power = {r.what: r.power for r in rows("to_inverted", keep_probs)}
+    keras_rows = rows("to_inverted", keep_probs)
+    adamw_weight_decay = _fmt(pytorch.DEFAULTS["AdamW"]["weight_decay"])
     head = (
         "| PyTorch argument (consuming kernels' parameter group) | paper $\\to$ PyTorch "
         "| PyTorch $\\to$ paper | Keras's map, paper $\\to$ Keras |"
@@ -589,7 +673,10 @@ def torch_table_markdown(keep_probs: Sequence[float] = KEEP_PROBS) -> str:
             value = {**pytorch.DEFAULTS[opt], **hp}[key]
             mapped = [pytorch.map_param_group(opt, hp, p, d)[key] for p in keep_probs]
             powers.append(_power(value, mapped, keep_probs))
-        keras = _factor(keras_power[keras_row]) if keras_row else "(Keras: decoupled)"
+        if keras_row:
+            (power,) = [r.power for r in keras_rows if r.what.startswith(keras_row)]
+        keras = _factor(power) if keras_row else "(Keras: decoupled)"
+        label = label.format(adamw_weight_decay=adamw_weight_decay)
         lines.append(f"| {label} | {_factor(powers[0])} | {_factor(powers[1])} | {keras} |")
     return "\n".join(lines)
 
@@ -605,6 +692,60 @@ def rescaling_bound(dtype: str) -> float:
     """
     k, u = {"float64": (3, 2.0**-53), "float32": (5, 2.0**-24)}[dtype]
     return k * u / (1 - k * u)
+
+
+def _torch_tolerances() -> Any:
+    """``tests_pytorch/tolerances.py`` of the book's checkout (a module without torch)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "tests_pytorch" / "tolerances.py"
+    spec = importlib.util.spec_from_file_location("torch_tolerances", path)
+    if spec is None or spec.loader is None or not path.exists():
+        raise FileNotFoundError(f"{path}: the torch checks' tolerances live in the book's checkout")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def page_values() -> dict[str, str]:
+    """The small numbers ``recipe.md`` states in its prose, computed (not typed).
+
+    The page marks each as ``<!-- value: NAME -->TEXT<!-- end value -->`` and
+    ``tests/test_recipe.py`` asserts that ``TEXT`` is this dict's ``NAME``:
+
+    * ``keras_version``: the Keras the book runs (``keras.__version__``);
+    * ``gamma3``, ``gamma5``: :func:`rescaling_bound` in float64 and float32;
+    * ``f32_08``, ``f32_08_rel``: ``float32(0.8)`` as ``Rescaling(0.8)``
+      multiplies by it in a float64 model, and its relative error;
+    * ``keras_adagrad0``, ``torch_adagrad0``: the frameworks' default initial
+      accumulators; ``torch_adamw_wd``: ``torch.optim.AdamW``'s default decay
+      (``dropout_lib.pytorch.DEFAULTS``);
+    * ``torch_steps``, ``torch_tol``, ``torch_gap``: the torch checks' steps,
+      tolerance ``30 T u`` and controls' gap (``tests_pytorch/tolerances.py``).
+    """
+    import keras
+    import numpy as np
+
+    from dropout_lib import pytorch
+
+    f32 = float(np.float32(0.8))
+    tol = _torch_tolerances()
+    if tol.MAP_TOL != 30 * tol.STEPS * 2.0**-53:
+        raise AssertionError("the torch tolerance is no longer 30 T u")
+    return {
+        "keras_version": keras.__version__,
+        "gamma3": f"{rescaling_bound('float64'):.2e}",
+        "gamma5": f"{rescaling_bound('float32'):.2e}",
+        "f32_08": f"{f32:.15f}",
+        "f32_08_rel": _fmt(float(f"{f32 / 0.8 - 1:.1e}")),
+        "keras_adagrad0": _fmt(float(keras.optimizers.Adagrad().initial_accumulator_value)),
+        "torch_adagrad0": _fmt(pytorch.DEFAULTS["Adagrad"]["initial_accumulator_value"]),
+        "torch_adamw_wd": _fmt(pytorch.DEFAULTS["AdamW"]["weight_decay"]),
+        "torch_steps": str(tol.STEPS),
+        "torch_tol": _fmt(float(f"{tol.MAP_TOL:.0e}")),
+        "torch_gap": _fmt(tol.CONTROL_GAP),
+    }
 
 
 def paper_dropout(rate: float, seed: int | None = None) -> list[Any]:
@@ -644,4 +785,6 @@ if __name__ == "__main__":  # pragma: no cover
     print("<!-- end recipe-table -->\n")
     print("<!-- recipe-table: pytorch -->")
     print(torch_table_markdown())
-    print("<!-- end recipe-table -->")
+    print("<!-- end recipe-table -->\n")
+    for name, text in page_values().items():
+        print(f"<!-- value: {name} -->{text}<!-- end value -->")

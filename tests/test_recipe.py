@@ -131,6 +131,11 @@ THEOREMS = {
     "`momentum`": 0,
     "`global_clipnorm`": None,
     "`LayerNormalization": -2,  # prop-layernorm-map: epsilon / p^2 paper -> Keras
+    # thm-bn-same-network: epsilon / p^2, moving variance (and its initial value) / p^2,
+    # moving mean / p paper -> Keras (to_inverted: t = 1/p, epsilon t^2, mean t, variance t^2)
+    "`BatchNormalization(epsilon)`": -2,
+    "its moving variance": -2,
+    "its moving mean": -1,
     "a kernel shared": None,
 }
 
@@ -147,32 +152,57 @@ def test_factors_are_the_theorems():
                 assert m == pytest.approx(a.example * p**a.power, rel=1e-6)
 
 
-def test_page_numbers():
-    page = _page()
-    for dtype in ("float64", "float32"):
-        assert f"{recipe.rescaling_bound(dtype):.2e}" in page
-    import importlib.util
-
-    # the torch checks' numbers (tests_pytorch/, make test-pytorch), from a module without torch
-    path = Path(__file__).parents[1] / "tests_pytorch" / "tolerances.py"
-    spec = importlib.util.spec_from_file_location("torch_tolerances", path)
-    tp = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tp)
-
-    assert f"Over {tp.STEPS} steps" in page and f"$T = {tp.STEPS}$" in page
-    assert tp.MAP_TOL == 30 * tp.STEPS * 2.0**-53 and f"{tp.MAP_TOL:.0e}" == "2e-13"
-    assert "$2 \\times 10^{-13}$" in page and "$30\\,T u$" in page
-    assert tp.CONTROL_GAP == 1e-3 and "{-3}$ apart" in page
+VALUE = re.compile(r"<!-- value: (\w+) -->(.*?)<!-- end value -->")
 
 
-def test_intro_numbers(keras_float64):
-    """The numbers intro.md states that no chapter glues: Keras's Adagrad default accumulator."""
+@pytest.mark.parametrize("page", ["intro.md", "recipe.md"])
+def test_page_values_are_the_librarys(page):
+    """Every number the prose marks as ``<!-- value: NAME -->`` is dropout_lib.recipe.page_values'
+    NAME (regenerate with `python -m dropout_lib.recipe`); a marker never starts a line
+    (markdown would read the line as a raw HTML block)."""
+    text = (PAGE.parent / page).read_text(encoding="utf-8")
+    values = recipe.page_values()
+    for name, shown in VALUE.findall(text):
+        assert shown == values[name], f"{page}: {name} shows {shown!r}, the library gives {values[name]!r}"
+    assert not re.search(r"^\s*<!-- value:", text, re.M), f"{page}: a value marker starts a line"
+    if page == "recipe.md":
+        assert set(values) == {name for name, _ in VALUE.findall(text)}, "a value the page no longer shows"
+
+
+def test_page_values_are_the_checks():
+    """The values themselves: the rounding bounds, the torch checks' numbers (tests_pytorch/,
+    make test-pytorch, read from a module without torch), the frameworks' defaults."""
     import keras
 
-    intro = (PAGE.parent / "intro.md").read_text(encoding="utf-8")
-    g0 = float(keras.optimizers.Adagrad().initial_accumulator_value)
-    assert g0 == 0.1 and "Adagrad's default initial accumulator 0.1" in " ".join(intro.split())
+    v, tp = recipe.page_values(), recipe._torch_tolerances()
+    assert v["gamma3"] == f"{recipe.rescaling_bound('float64'):.2e}" == "3.33e-16"
+    assert v["gamma5"] == f"{recipe.rescaling_bound('float32'):.2e}" == "2.98e-07"
+    assert v["torch_steps"] == str(tp.STEPS) and tp.MAP_TOL == 30 * tp.STEPS * 2.0**-53
+    assert (
+        float(v["torch_tol"]) == pytest.approx(tp.MAP_TOL, rel=0.05)
+        and float(v["torch_gap"]) == tp.CONTROL_GAP
+    )
+    assert v["keras_version"] == keras.__version__
+    assert float(v["keras_adagrad0"]) == keras.optimizers.Adagrad().initial_accumulator_value
+    page = " ".join(_page().split())
+    assert "$30\\,T u$ for $T$ =" in page
+
+
+def test_intro_facts():
+    """What intro.md states that no chapter glues: the release that switched Keras to inverted
+    dropout (chapter 2 states it with its sources), and the answer's address."""
+    import json
+
+    intro = " ".join((PAGE.parent / "intro.md").read_text(encoding="utf-8").split())
+    cells = json.loads((PAGE.parent / "chapters/02_what_keras_executes.ipynb").read_text(encoding="utf-8"))
+    ch2 = " ".join(
+        " ".join("".join(c["source"]) for c in cells["cells"] if c["cell_type"] == "markdown").split()
+    )
+    assert "first released in Keras 0.3.0" in ch2
+    assert "ran the paper's variant before release 0.3.0" in intro
     assert "https://stackoverflow.com/questions/38592943/" in intro
+    # the visible quote and the verbatim one both mark the answer's "automatically" [sic]
+    assert intro.count("set your learning rate automatically [sic] -") == 2
 
 
 # --------------------------------------------------- Dropout + Rescaling
@@ -224,8 +254,9 @@ def test_rescaling_python_float_scale_is_float32_in_a_float64_model():
     assert np.allclose(trap, x * float(np.float32(0.8)), rtol=2.0**-52, atol=0)
     rel = np.abs(trap - x * 0.8) / np.abs(x * 0.8)
     assert rel.min() > 1e4 * recipe.rescaling_bound("float64")  # not rounding: ~1.5e-8
-    assert "0.800000011920929" in _page() and f"{float(np.float32(0.8)):.15f}" == "0.800000011920929"
-    assert f"{float(np.float32(0.8)) / 0.8 - 1:.1e}" == "1.5e-08" and "1.5 \\times 10^{-8}" in _page()
+    values = recipe.page_values()
+    assert values["f32_08"] == f"{float(np.float32(0.8)):.15f}" == "0.800000011920929"
+    assert float(values["f32_08_rel"]) == pytest.approx(rel.min(), rel=0.05)
 
 
 def _fit(model, opt, x, y):
