@@ -305,7 +305,8 @@ def _specs() -> list[tuple[str, str, float | None, Callable[[float, float, str],
             layernorm,
             "and nothing else: not the kernels, not the optimizer "
             "({prf:ref}`prop-layernorm-map`); instead of the consumer-side map, "
-            "and `convert_model` applies it",
+            "and `convert_model` applies it where the layer reads the dropout directly "
+            "(behind a `Dense` it maps that kernel instead)",
         ),
         (
             "`BatchNormalization(epsilon)` reading the dropped units (directly or through a "
@@ -315,7 +316,8 @@ def _specs() -> list[tuple[str, str, float | None, Callable[[float, float, str],
             bn_epsilon,
             "instead of the consumer-side map ({prf:ref}`thm-bn-same-network`): the layers "
             "after it, a `Dense` too, keep their kernels, and the optimizer is unchanged; "
-            "`convert_model` applies it with the two rows below",
+            "`convert_model` applies it, with the two rows below, where the layer reads the "
+            "dropout directly (behind a `Dense` it maps that kernel instead)",
         ),
         (
             "its moving variance and `moving_variance_initializer` (Keras default "
