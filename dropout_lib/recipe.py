@@ -473,7 +473,7 @@ def other_table_markdown(keep_probs: Sequence[float] = KEEP_PROBS) -> str:
 
 # The paper's MNIST networks keep input units with p = 0.8 and hidden units with
 # p = 0.5 (Srivastava et al. 2014, section 6.1.1); the optimizer and penalty are
-# a plain recipe of that kind: SGD with momentum and an L2 penalty on the kernels.
+# ours, not the paper's: a plain recipe of that kind: SGD with momentum and an L2 penalty on the kernels.
 MNIST_RECIPE: dict[str, Any] = {
     "widths": (784, 1024, 1024, 10),
     "keep_probs": (0.8, 0.5, 0.5),  # the input's, then each hidden layer's
@@ -496,7 +496,7 @@ class PortedLayer:
 
 
 def mnist_port(recipe: dict[str, Any] | None = None) -> list[PortedLayer]:
-    """Port the paper's MNIST-style recipe to Keras with :func:`dropout_lib.convert_model`.
+    """Port a recipe in the paper's style (its MNIST keep probabilities) with ``convert_model``.
 
     Builds the paper's net (``StandardDropout`` on the input and after each
     hidden ``Dense``, an ``L2`` penalty on every kernel), converts it with its

@@ -186,6 +186,10 @@ def test_page_values_are_the_checks():
     assert float(v["keras_adagrad0"]) == keras.optimizers.Adagrad().initial_accumulator_value
     page = " ".join(_page().split())
     assert "$30\\,T u$ for $T$ =" in page
+    # torch's clip_grad_norm_ constant, typed in the page's formula: the torch check cancels it
+    # (tests_pytorch/test_torch_maps.py hands torch ||g|| - 1e-6 and finds the runs equal)
+    torch_test = (Path(__file__).parents[1] / "tests_pytorch" / "test_torch_maps.py").read_text()
+    assert "torch.linalg.norm(param.grad) - 1e-6)" in torch_test and "+ 10^{-6}), 1)$" in page
 
 
 def test_intro_facts():
