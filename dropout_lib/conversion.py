@@ -40,7 +40,9 @@ lets ``c`` pass where that is provably exact:
   also maps its moving mean ``x t`` and moving variance ``x t**2`` (linear
   recursions of the batch statistics: the ratio holds at every step when it
   holds at the start, so their initialisers map alike), gamma, beta and the
-  optimizer unchanged; ``LayerNormalization`` (also ``rms_scaling``),
+  optimizer unchanged (``renorm=True`` is refused: its renormalisation
+  statistics and the clipping of ``r`` and ``d`` are not mapped);
+  ``LayerNormalization`` (also ``rms_scaling``),
   ``GroupNormalization`` and ``RMSNormalization``: the epsilon only;
   ``c -> 1``;
 * positively homogeneous layers without an offset, ``f(c x) = c f(x)`` for
@@ -570,6 +572,18 @@ class _Walk:
             return 1.0
         if type(layer) in _EPSILON_MAPS and not _close(ins[0], 1.0):
             (c,) = ins
+            if getattr(layer, "renorm", False):
+                names = sorted(frozenset().union(*self._origins))
+                raise NotConvertibleError(
+                    f"layer {layer.name!r} (BatchNormalization) reads the dropped tensor of "
+                    f"dropout {', '.join(repr(n) for n in names)} (the two variants differ there "
+                    f"by the factor {c:.6g}) and uses batch renormalization (renorm=True): its "
+                    "renorm_mean, renorm_stddev and moving_stddev statistics, and its clipping "
+                    "of r and d, are not mapped by convert_model, so the converted model would "
+                    "train differently. Use renorm=False (then the epsilon and moving-statistics "
+                    "map is exact; a different model), put a Dense/Conv layer between the dropout "
+                    f"and the normalisation (a different model), or {KEEP_THE_VARIANT}."
+                )
             self._record(layer, c)
             return 1.0
         if all(_close(c, 1.0) for c in ins):

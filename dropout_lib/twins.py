@@ -786,7 +786,8 @@ def convert_model(
         ``AlphaDropout``), a dropout already of the target variant, a
         kernel shared between dropped and undropped inputs, a dropped tensor
         reaching a layer that neither absorbs nor commutes with the factor
-        (``tanh``, ``UnitNormalization``, a residual ``Add`` whose dropped
+        (``tanh``, ``UnitNormalization``, ``BatchNormalization(renorm=True)``
+        (its renormalisation statistics and clipping are not mapped), a residual ``Add`` whose dropped
         branch has no producer to scale, an unknown layer), a layer that may
         draw random numbers and is not a known dropout, a lookup table that
         cannot be copied, a consuming kernel with
