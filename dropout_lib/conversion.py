@@ -71,7 +71,9 @@ called once: that layer's kernel and bias (gamma and beta) are scaled by
 ``s``, so ``F'(x) = s F(x)``, ``D``'s output is the same tensor in both
 variants (``m F(x) / p = m (F(x) / p)``), and ``c`` stays 1 after ``D``; its
 optimizer, penalties, constraints and initialisers map like a consuming
-kernel's (the gradients are ``1/s`` times the source's). Per-sample
+kernel's (the gradients are ``1/s`` times the source's), and so does an L1/L2
+``activity_regularizer`` on it (it penalises ``s F(x)``: ``L2`` ``lambda /
+s**2``, ``L1`` ``lambda / s``; any other is refused). Per-sample
 stochastic depth, ``Dropout(rate, noise_shape=(None, 1, ..., 1))``, is such
 a dropout (EfficientNet's).
 

@@ -611,6 +611,18 @@ def _mapped_hyperparameters(consumers: Sequence[Consumer], direction: Direction)
                     raise NotConvertibleError(
                         f"layer {layer.name!r} ({type(layer).__name__}): its {key} has no exact map: {error}"
                     ) from error
+        if consumer.kind == PRODUCER and getattr(layer, "activity_regularizer", None) is not None:
+            # the producer outputs s F(x): lambda' R(s F) = lambda R(F) iff L2 lambda/s**2, L1 lambda/s
+            try:
+                attributes["activity_regularizer"] = map_regularizer(layer.activity_regularizer, p, direction)
+            except NoExactMapError as error:
+                raise NotConvertibleError(
+                    f"dropout {', '.join(repr(n) for n in consumer.dropouts)} sits on a residual "
+                    f"branch mapped on the producer side, and its producer {layer.name!r} "
+                    f"({type(layer).__name__}) has an activity_regularizer on the output the map "
+                    f"scales by s = {kernel_scale(p, direction):.6g}: {error} Use an L1/L2/L1L2 "
+                    f"activity regularizer, remove it (a different model), or {KEEP_THE_VARIANT}."
+                ) from error
         if consumer.kind == RECURRENT_INPUT_KERNEL:  # the RNN layer reads them from its cell
             attributes = {f"cell.{key}": value for key, value in attributes.items()}
         mapped[id(layer)] = attributes
@@ -737,7 +749,10 @@ def convert_model(
     residual branch ``x + Dropout(F(x))`` (stochastic depth included) is
     mapped on the producer side: ``F``'s last Dense/Conv kernel and bias, or
     its last normalisation's gamma and beta, times ``s``, with their
-    optimizer mapped (chapter 8); ``MultiHeadAttention(dropout=...)`` becomes
+    optimizer mapped (chapter 8); an ``activity_regularizer`` on that layer
+    penalises ``s F(x)`` and maps like a kernel penalty (``L2`` ``lambda /
+    s**2``, ``L1`` ``lambda / s``, ``L1L2`` both; any other is refused, naming
+    the dropout and the producer); ``MultiHeadAttention(dropout=...)`` becomes
     :class:`~dropout_lib.layers.StandardMultiHeadAttention` (or back) with its
     output projection's kernel times ``s``. :attr:`ConvertedModel.maps` says
     which map absorbed each dropout.

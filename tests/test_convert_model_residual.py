@@ -118,3 +118,54 @@ def test_attention_dropout_maps_in_the_output_projection_both_ways():
     assert standard.maps == {"mha/attention_dropout": (("mha", "attention output projection"),)}
     assert forward.exact and backward.exact, (forward, backward)
     assert max(control.gaps) > 1e-2, control
+
+
+def _activity_net(regularizer):
+    """x + Dropout(Dense(relu, activity_regularizer=...)(x)) -> Dense: F's output is penalised."""
+    init = keras.initializers.RandomNormal(stddev=0.5, seed=1)
+    x = keras.Input((4,))
+    f = L.Dense(4, "relu", kernel_initializer=init, activity_regularizer=regularizer, name="f")(x)
+    branch = L.Dropout(0.4, seed=3, name="drop")(f)
+    return keras.Model(x, L.Dense(2, kernel_initializer=init)(L.Add()([x, branch])))
+
+
+def _train_in_step(source, converted, sgd, steps=3):
+    """Prediction gap after ``steps`` eager SGD steps of 4 rows (source: its own sgd clone)."""
+    source.compile(optimizer=twins.clone_optimizer(sgd), loss="mse", run_eagerly=True)
+    converted.model.compile(optimizer=converted.optimizer, loss="mse", run_eagerly=True)
+    for i in range(steps):
+        for model in (source, converted.model):
+            model.train_on_batch(X[4 * i : 4 * i + 4], Y[4 * i : 4 * i + 4])
+    return twins.relative_difference(
+        np.asarray(converted.model(X, training=False)), np.asarray(source(X, training=False))
+    )
+
+
+@pytest.mark.parametrize("kind", ["l2", "l1l2"])
+def test_a_residual_producers_activity_regularizer_is_mapped(kind):
+    """The producer's output is s F(x): L2 lambda / s**2, L1 lambda / s (s = 1/p to standard).
+
+    Control: the same conversion with the penalty left as the source's.
+    """
+    regularizer = keras.regularizers.L2(0.1) if kind == "l2" else keras.regularizers.L1L2(l1=0.05, l2=0.1)
+    sgd = keras.optimizers.SGD(0.1, momentum=0.9)
+    with twins.keras_float64():
+        source = _activity_net(regularizer)
+        converted = dl.convert_model(source, to="standard", optimizer=sgd)
+        mapped = converted.model.get_layer("f").activity_regularizer
+        # lambda p**2, of the lambda Keras computes with (0.1 through float32)
+        assert float(mapped.l2) == pytest.approx(float(np.float32(0.1)) * 0.6**2, rel=1e-15)
+        gap = _train_in_step(source, converted, sgd)
+        source = _activity_net(regularizer)
+        control = dl.convert_model(source, to="standard", optimizer=sgd)
+        control.model.get_layer("f").activity_regularizer = source.get_layer("f").activity_regularizer
+        control_gap = _train_in_step(source, control, sgd)
+    assert converted.maps == {"drop": (("f", "producer"),)}
+    assert gap <= 3 * 4 * 2 * np.finfo(np.float64).eps * 10, gap  # 3 steps, K = 2 (f, the Dense)
+    assert control_gap > 1e-3, control_gap
+
+
+def test_a_residual_producers_unknown_activity_regularizer_is_refused():
+    net = _activity_net(keras.regularizers.OrthogonalRegularizer(0.1))
+    with pytest.raises(dl.NotConvertibleError, match=r"dropout 'drop'.*producer 'f'.*activity_regularizer"):
+        dl.convert_model(net, to="standard")
