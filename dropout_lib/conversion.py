@@ -67,9 +67,10 @@ and an undropped tensor, the dropout ``D`` feeding it is taken on the
 producer side when ``D`` reads the output of a ``Dense``, ``EinsumDense``,
 ``Conv1D/2D/3D`` (linear or ReLU activation), ``BatchNormalization`` or
 ``LayerNormalization`` (with ``scale``) that nothing else reads and that is
-called once: that layer's kernel and bias (gamma and beta) are scaled by
-``s``, so ``F'(x) = s F(x)``, ``D``'s output is the same tensor in both
-variants (``m F(x) / p = m (F(x) / p)``), and ``c`` stays 1 after ``D``; its
+called once, and whose output is not a model output: that layer's kernel
+and bias (gamma and beta) are scaled by ``s``, so ``F'(x) = s F(x)``,
+``D``'s output is the same tensor in both variants
+(``m F(x) / p = m (F(x) / p)``), and ``c`` stays 1 after ``D``; its
 optimizer, penalties, constraints and initialisers map like a consuming
 kernel's (the gradients are ``1/s`` times the source's), and so does an L1/L2
 ``activity_regularizer`` on it (it penalises ``s F(x)``: ``L2`` ``lambda /
@@ -649,14 +650,15 @@ class _Walk:
         return self.produced + out
 
 
-def _check_outputs(factors: list[float]) -> None:
-    for c in factors:
+def _check_outputs(factors: list[float], origins: list[frozenset[str]] | None = None) -> None:
+    for c, names in zip(factors, origins or [frozenset()] * len(factors)):
         if not _close(c, 1.0):
+            source = f" (behind dropout {', '.join(repr(n) for n in sorted(names))})" if names else ""
             raise NotConvertibleError(
-                "a model output is a dropped tensor that no Dense/Conv layer "
+                f"a model output is a dropped tensor{source} that no Dense/Conv layer "
                 f"consumes: the two variants' outputs differ by the factor {c:.6g} "
                 "and there is no kernel to absorb it. End the model with a "
-                "consuming layer after the last dropout."
+                f"consuming layer after the last dropout, or {KEEP_THE_VARIANT}."
             )
 
 
@@ -736,6 +738,12 @@ def _producer(model: keras.Model, dropout_name: str) -> tuple[Any, str]:
     )
     if len(readers) != 1:
         return None, where + "whose output other layers read too."
+    if any(t is tensor for t in getattr(model, "outputs", None) or ()):
+        return None, where + (
+            "whose output is also a model output: the map scales that output by s, so the "
+            "converted model's output would differ from the source's. Do not expose F's "
+            "output (a different model), or keep this model on its own variant."
+        )
     activation = getattr(producer, "activation", keras.activations.linear)
     if activation not in _HOMOGENEOUS_ACTIVATIONS:
         return None, where + "whose activation is not positively homogeneous."
@@ -754,7 +762,7 @@ def _walk_graph(model: keras.Model, producers: Mapping[str, Any]) -> list[Consum
             c_in = c
             c = walk.layer_out(layer, [c_in], [origin])
             origin = walk.origin_out(layer, [origin], c)
-        _check_outputs([c])
+        _check_outputs([c], [origin])
         return walk.consumers()
     if not hasattr(model, "_nodes_by_depth"):
         raise TypeError(
@@ -783,7 +791,10 @@ def _walk_graph(model: keras.Model, producers: Mapping[str, Any]) -> list[Consum
             for t in node.outputs:
                 factor[id(t)] = out
                 origin[id(t)] = walk.origin_out(layer, origins, out)
-    _check_outputs([factor.get(id(t), 1.0) for t in model.outputs])
+    _check_outputs(
+        [factor.get(id(t), 1.0) for t in model.outputs],
+        [origin.get(id(t), frozenset()) for t in model.outputs],
+    )
     return walk.consumers()
 
 

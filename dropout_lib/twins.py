@@ -803,7 +803,9 @@ def convert_model(
         reaching a layer that neither absorbs nor commutes with the factor
         (``tanh``, ``UnitNormalization``, ``BatchNormalization(renorm=True)``
         (its renormalisation statistics and clipping are not mapped), a residual ``Add`` whose dropped
-        branch has no producer to scale, an unknown layer), a layer that may
+        branch has no producer to scale, or whose producer's output is also a
+        model output, an unknown layer), a dropped tensor that is a model
+        output, a layer that may
         draw random numbers and is not a known dropout, a lookup table that
         cannot be copied, a consuming kernel with
         ``keras.constraints.MaxNorm`` or an unknown regulariser, a subclassed

@@ -169,3 +169,21 @@ def test_a_residual_producers_unknown_activity_regularizer_is_refused():
     net = _activity_net(keras.regularizers.OrthogonalRegularizer(0.1))
     with pytest.raises(dl.NotConvertibleError, match=r"dropout 'drop'.*producer 'f'.*activity_regularizer"):
         dl.convert_model(net, to="standard")
+
+
+def test_a_residual_producer_that_is_also_a_model_output_is_refused():
+    """Model(x, [out, F(x)]): the producer map would scale the exposed F(x) by s (was 0.4-0.67 apart)."""
+    x = keras.Input((4,))
+    f = L.Dense(4, "relu", name="f")(x)
+    out = L.Dense(2)(L.Add()([x, L.Dropout(0.4, seed=3, name="drop")(f)]))
+    with pytest.raises(dl.NotConvertibleError, match=r"'drop'.*'f'.*also a model output"):
+        dl.convert_model(keras.Model(x, [out, f]), to="standard")
+
+
+def test_a_dropped_tensor_that_is_a_model_output_is_refused_naming_the_dropout():
+    x = keras.Input((4,))
+    dropped = L.Dropout(0.4, seed=3, name="drop")(L.Dense(4, "relu")(x))
+    with pytest.raises(
+        dl.NotConvertibleError, match=r"model output is a dropped tensor \(behind dropout 'drop'\)"
+    ):
+        dl.convert_model(keras.Model(x, [L.Dense(2)(dropped), L.ReLU()(dropped)]), to="standard")
