@@ -1283,12 +1283,14 @@ class Verification:
 
 
 #: Attributes that may hold a mapped object a config would round (an L2 factor
-#: stored as numpy.float64 becomes a Python float, which Keras casts through float32).
+#: stored as numpy.float64 becomes a Python float, which Keras casts through float32):
+#: every attribute convert_model maps (a residual producer's bias, gamma and beta
+#: included, and its activity regularizer).
 _MAPPED_ATTRIBUTES = tuple(
     f"{prefix}_{suffix}"
-    for prefix in ("kernel", "depthwise", "moving_mean", "moving_variance")
+    for prefix in ("kernel", "depthwise", "bias", "gamma", "beta", "moving_mean", "moving_variance")
     for suffix in ("regularizer", "constraint", "initializer")
-) + ("epsilon",)
+) + ("activity_regularizer", "epsilon")
 
 
 def _copy_attributes(source: Any, target: Any) -> None:
