@@ -969,7 +969,12 @@ def map_regularizer(regularizer: Any, keep_prob: float, direction: Direction) ->
 
     ``L2(l2) -> L2(l2 / s**2)``, ``L1(l1) -> L1(l1 / s)``, ``L1L2`` both;
     ``s = 1/p`` to standard (so ``l2 * p**2``), ``p`` to inverted. The factors
-    are stored as ``numpy.float64`` so the float64 penalty is exact.
+    are stored as ``numpy.float64`` so the float64 penalty is exact (of the
+    factor Keras computes with: a Python float passes through float32). The
+    result remembers its source: mapping it back (``s`` inverse) returns the
+    source regulariser itself, the value the user gave, not
+    ``0.10000000149011612`` for ``0.1`` (the two penalties agree to float64
+    rounding).
 
     Raises
     ------
@@ -987,24 +992,27 @@ def map_regularizer(regularizer: Any, keep_prob: float, direction: Direction) ->
         return None
     if isinstance(regularizer, str):
         regularizer = keras.regularizers.get(regularizer)
+    origin = getattr(regularizer, "_dropout_lib_mapped_from", None)
+    if origin is not None and math.isclose(origin[1] * s, 1.0, rel_tol=1e-12):
+        return origin[0]  # the inverse map of a map: the regulariser the user gave
     kind = type(regularizer)
     if kind is keras.regularizers.L2:
         new = keras.regularizers.L2(map_l2(regularizer.l2, keep_prob, direction))
         new.l2 = _exact(regularizer.l2, 1.0 / s**2)
-        return new
-    if kind is keras.regularizers.L1:
+    elif kind is keras.regularizers.L1:
         new = keras.regularizers.L1(map_l1(regularizer.l1, keep_prob, direction))
         new.l1 = _exact(regularizer.l1, 1.0 / s)
-        return new
-    if kind is keras.regularizers.L1L2:
+    elif kind is keras.regularizers.L1L2:
         new = keras.regularizers.L1L2(
             l1=map_l1(regularizer.l1, keep_prob, direction),
             l2=map_l2(regularizer.l2, keep_prob, direction),
         )
         new.l1 = _exact(regularizer.l1, 1.0 / s)
         new.l2 = _exact(regularizer.l2, 1.0 / s**2)
-        return new
-    raise NoExactMapError(f"no map derived for the regularizer {kind.__name__}; supported: L1, L2, L1L2.")
+    else:
+        raise NoExactMapError(f"no map derived for the regularizer {kind.__name__}; supported: L1, L2, L1L2.")
+    new._dropout_lib_mapped_from = (regularizer, s)
+    return new
 
 
 @keras.saving.register_keras_serializable(package="dropout_lib")

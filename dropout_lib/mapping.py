@@ -726,7 +726,14 @@ def _same_hyperparameters(a: keras.optimizers.Optimizer, b: keras.optimizers.Opt
             return False
     lr_a = float(ops.convert_to_numpy(a.learning_rate))
     lr_b = float(ops.convert_to_numpy(b.learning_rate))
-    return math.isclose(lr_a, lr_b, rel_tol=1e-12, abs_tol=0.0)
+    # ``b`` is a fresh map_optimizer: Keras stores its learning rate in a variable of
+    # floatx, one rounding (relative u = eps/2) of the float64 value a
+    # FollowingLearningRate computes; 2 eps of that dtype covers it (float32: 2.4e-7,
+    # while another keep_prob moves the rate by a relative 1e-2 or more).
+    stored = getattr(b._learning_rate, "dtype", None)
+    dtype = stored if isinstance(b._learning_rate, keras.Variable) else "float64"
+    rel_tol = max(1e-12, 2 * float(np.finfo(np.dtype(dtype)).eps))
+    return math.isclose(lr_a, lr_b, rel_tol=rel_tol, abs_tol=0.0)
 
 
 def unmapped_optimizer(
@@ -743,7 +750,11 @@ def unmapped_optimizer(
     conversion of a model trained with ``D``, and converting it back in
     ``direction`` needs ``D`` on every variable (the maps are inverse:
     ``k(p, 'to_standard') k(p, 'to_inverted') = 1``). Returns ``D``, the
-    original hyperparameters, not the twice-rounded map of a map.
+    original hyperparameters, not the twice-rounded map of a map. The
+    consuming kernels' learning rate is compared to ``2 eps`` of the dtype
+    Keras stores it in (floatx: float32 by default, where the mapped rate of
+    ``keep_prob = 0.8`` is not a float32 number); every other hyperparameter
+    to a relative ``1e-12``.
 
     Raises
     ------

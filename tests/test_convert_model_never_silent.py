@@ -193,6 +193,38 @@ def test_the_returned_optimizer_converts_back_to_the_original(f64):
     assert config == original
 
 
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: keras.optimizers.SGD(0.1, momentum=0.9),
+        lambda: keras.optimizers.Adam(0.01, weight_decay=0.01, clipnorm=1.0),
+    ],
+    ids=["sgd", "adam"],
+)
+def test_the_round_trip_in_float32_returns_what_the_user_gave(make):
+    """Default float32: keep_prob 0.8's mapped learning rate is stored rounded to float32.
+
+    Before, the exact comparison of that rate refused the returned MultiOptimizer
+    (TypeError, 'not the map of the default optimizer'); the L2 factor 0.1 came
+    back as 0.10000000149011612 (the float32 value Keras computes with).
+    """
+    optimizer = make()
+    model = keras.Sequential(
+        [
+            keras.Input((4,)),
+            L.Dense(8, activation="relu"),
+            dl.StandardDropout(0.2, seed=1),
+            L.Dense(3, kernel_regularizer=keras.regularizers.L2(0.1), name="out"),
+        ]
+    )
+    ported = dl.convert_model(model, to="inverted", optimizer=optimizer)
+    back = dl.convert_model(ported.model, to="standard", optimizer=ported.optimizer)
+    config, original = back.optimizer.get_config(), optimizer.get_config()
+    config.pop("name"), original.pop("name")
+    assert config == original
+    assert back.model.get_layer("out").kernel_regularizer.l2 == 0.1
+
+
 def test_a_multi_optimizer_of_another_form_is_refused(f64):
     model = paper_net()
     multi = keras.optimizers.MultiOptimizer(
