@@ -41,12 +41,22 @@ proofs), :mod:`dropout_lib.theory` (moments, ensembles, limits, statistics)
 and :mod:`dropout_lib.book` (the chapters' machinery).
 
 Importing the package imports neither Keras nor TensorFlow, and changes no
-environment variable; the Keras names load on first use.
+environment variable; the Keras names load on first use. It does make
+``keras.models.load_model`` find the package's Keras classes
+(``StandardDropout``, ``StandardMultiHeadAttention``, ``ScaledInitializer``,
+``EquivariantMaxNorm``, ``ScaledLearningRateSchedule``), which Keras registers
+when their modules run: at once if Keras is already imported, otherwise right
+after Keras's own import (a one-shot import hook), so a model converted to the
+paper's dropout loads after a plain ``import dropout_lib``.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.abc
+import importlib.util
+import sys
+import warnings
 from typing import Any
 
 __version__ = "0.2.0"
@@ -62,6 +72,62 @@ _PUBLIC = {
 }
 
 __all__ = sorted(_PUBLIC)
+
+
+def _register_keras_classes() -> None:
+    """Import the modules that register the package's Keras classes (Keras is loaded).
+
+    ``dropout_lib.layers`` imports ``dropout_lib.conversion``, which imports
+    ``dropout_lib.mapping``, at their ends (each a module whose classes carry
+    ``keras.saving.register_keras_serializable``); if one of them is being
+    imported right now (it imported Keras), it completes the chain itself.
+    """
+    importlib.import_module("dropout_lib.layers")
+
+
+class _AfterKeras(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Runs :func:`_register_keras_classes` right after ``keras`` is first imported.
+
+    It finds ``keras``'s real spec with the other finders, keeps its loader
+    and executes the module with it, then registers; it removes itself
+    first, so it acts once and never on another module.
+    """
+
+    def __init__(self) -> None:
+        self._loader: Any = None
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+        if fullname != "keras":
+            return None
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(fullname)
+        if spec is None or spec.loader is None:
+            return spec
+        self._loader, spec.loader = spec.loader, self
+        return spec
+
+    def create_module(self, spec: Any) -> Any:
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module: Any) -> None:
+        module.__loader__ = self._loader
+        module.__spec__.loader = self._loader
+        self._loader.exec_module(module)
+        try:
+            _register_keras_classes()
+        except Exception as error:  # noqa: BLE001 - keras itself imported; say what did not
+            warnings.warn(
+                f"dropout_lib could not register its Keras classes ({error!r}): import "
+                "dropout_lib.conversion before keras.models.load_model.",
+                stacklevel=2,
+            )
+
+
+if "keras" in sys.modules:
+    _register_keras_classes()
+elif not any(isinstance(finder, _AfterKeras) for finder in sys.meta_path):
+    sys.meta_path.insert(0, _AfterKeras())
 
 
 def __getattr__(name: str) -> Any:

@@ -96,6 +96,7 @@ scale ``sigma * s`` (``sigma / p``). Optimizers: :mod:`dropout_lib.mapping`.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -1237,8 +1238,8 @@ def map_initializer(initializer: Any, keep_prob: float, direction: Direction, *,
     config. Any other
     initializer, one without an integer seed, or a ``VarianceScaling``
     uniform kind without ``shape``, maps to :class:`ScaledInitializer`
-    (registered on import of :mod:`dropout_lib.conversion`, which a fresh
-    process must import before loading such a model). ``keep_prob`` is
+    (registered once Keras and ``dropout_lib`` are both imported: a fresh
+    process must ``import dropout_lib`` before loading such a model). ``keep_prob`` is
     ``p``, not Keras's ``rate``.
 
     Examples
@@ -1255,3 +1256,9 @@ def map_initializer(initializer: Any, keep_prob: float, direction: Direction, *,
     initializer = keras.initializers.get(initializer)
     plain = _plain_initializer(initializer, s, shape)
     return plain if plain is not None else ScaledInitializer(initializer, s)
+
+
+# mapping's ScaledLearningRateSchedule registers when its module runs (see the end of
+# dropout_lib.layers): import it unless it is being imported now.
+if "dropout_lib.mapping" not in sys.modules:
+    import dropout_lib.mapping  # noqa: E402, F401

@@ -17,6 +17,7 @@ be compared on identical randomness.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -208,3 +209,10 @@ class StandardMultiHeadAttention(keras.layers.MultiHeadAttention):
         self._dropout_layer = StandardDropout(self._dropout, dtype=self.dtype_policy, seed=self.seed)
         if inverted in self._layers:  # Keras tracks the replaced Dropout: forget it
             self._layers.remove(inverted)
+
+
+# The package's other Keras classes register when their modules run: import them
+# too (unless one is being imported now, and then finishes the chain itself), so
+# that keras.models.load_model finds them after any import of dropout_lib.
+if "dropout_lib.conversion" not in sys.modules:
+    import dropout_lib.conversion  # noqa: E402, F401

@@ -828,8 +828,8 @@ def convert_model(
     initialisers are plain Keras initialisers,
     :func:`dropout_lib.conversion.map_initializer`) and loads in any process;
     one converted to ``'standard'`` holds ``StandardDropout``: ``import
-    dropout_lib.conversion`` (which registers the package's Keras classes)
-    before ``keras.models.load_model``.
+    dropout_lib`` (which registers the package's Keras classes once Keras is
+    imported) before ``keras.models.load_model``.
 
     Examples
     --------
