@@ -19,6 +19,11 @@ The rules:
   answers it, came 8th of 14. The scorer (``html_search_scorer``, which Sphinx
   pastes into ``language_data.js``) adds 5 for each query word of three or
   more letters whose first four letters appear in the result's title.
+* code cells fit their box: a chapter's visible code lines are at most 88
+  characters (ruff's line length for the notebooks), and at 1280 px the
+  theme's 14 px monospace fits about 74 of them; code-cell inputs use 0.75rem
+  (12 px) with narrower side padding, so 88 fit. ``tests/test_browser.py``
+  checks every visible code-cell line of every chapter at 1280 px.
 * tables fit their column: a long identifier in a cell may break rather than
   push the table wider than the text; on a phone-width screen tables use a
   smaller font and padding. ``tests/test_browser.py`` checks that no table is
@@ -41,6 +46,11 @@ span.pasted-text {
 }
 figcaption {
   color: var(--pst-color-text-base);
+}
+div.cell_input div.highlight pre {
+  font-size: 0.75rem;
+  padding-left: .5rem;
+  padding-right: .5rem;
 }
 article table.table td code, article table.table th code {
   overflow-wrap: anywhere;

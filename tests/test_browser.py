@@ -138,13 +138,16 @@ return {
       width: t.getBoundingClientRect().width, room: t.parentElement.clientWidth,
       head: t.textContent.trim().slice(0, 60)})).filter(t => t.width > t.room + 1),
   proofs: proofToggles(),
-  wide_code: wideCodeLines(),
+  wide_code: wideCodeLines('article div.highlight pre'),
+  wide_cells: wideCodeLines('article div.cell_input div.highlight pre'),
 };
 
-function wideCodeLines() {
-  // Code lines wider than their box (measured in the box's own font).
+function wideCodeLines(selector) {
+  // Code lines wider than their box (measured in the box's own font), in the
+  // boxes a reader sees (a collapsed cell is measured when opened: not here).
   const out = [];
-  document.querySelectorAll('article div.highlight pre').forEach(pre => {
+  document.querySelectorAll(selector).forEach(pre => {
+    if (!pre.offsetParent) return;
     const cs = getComputedStyle(pre);
     const ctx = document.createElement('canvas').getContext('2d');
     ctx.font = cs.font;
@@ -228,6 +231,7 @@ def test_page_renders_offline(browser, page: Path) -> None:
     assert not info["proofs"]["faults"], f"proof toggles: {info['proofs']['faults']}"
     if page.name in CODE_FITS and page.parent == HTML:
         assert not info["wide_code"], f"code lines wider than their box at 1280 px: {info['wide_code']}"
+    assert not info["wide_cells"], f"code-cell lines wider than their box at 1280 px: {info['wide_cells']}"
 
 
 def test_chapters_have_math_and_figures() -> None:
