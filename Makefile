@@ -5,7 +5,8 @@
 #               chapter, the workflow audit, and the browser test of the built book
 # Beside them:
 #   make test-portability   strict nbval again as other machines would run it
-#   make test-pytorch       the PyTorch maps checked on real torch, in .venv-pytorch
+#   make test-pytorch       the PyTorch maps checked on real torch, and the Keras API on
+#                           Keras's JAX and PyTorch backends, in .venv-pytorch
 #   make lab                the chapters in JupyterLab, on the project's kernel
 #   make refresh            re-execute chapters/*.ipynb in place, deterministically
 #   make pins               regenerate requirements.txt (hashes) from requirements.in
@@ -143,6 +144,10 @@ test-portability: book
 # CUDA build of a few GB; `make book` and `make test` never need it), installed
 # from requirements-pytorch.txt in pip's hash-checking mode, wheels only. If
 # torch cannot be installed, this target fails: nothing is skipped.
+# Then dropout_lib's public Keras API (tests_pytorch/test_keras_backends.py) on
+# Keras's JAX backend (float64: JAX_ENABLE_X64=1) and its PyTorch backend, each
+# in its own pytest process (Keras fixes its backend at import); with
+# DROPOUT_BOOK_KERAS_BACKENDS=required a missing backend fails instead of skipping.
 VENV_TORCH := .venv-pytorch
 PY_TORCH   := $(VENV_TORCH)/bin/python
 
@@ -154,7 +159,11 @@ $(VENV_TORCH)/.installed: requirements-pytorch.txt pyproject.toml
 	touch $@
 
 test-pytorch: $(VENV_TORCH)/.installed
-	$(PY_TORCH) -m pytest tests_pytorch
+	$(PY_TORCH) -m pytest tests_pytorch --ignore=tests_pytorch/test_keras_backends.py
+	KERAS_BACKEND=jax JAX_ENABLE_X64=1 DROPOUT_BOOK_KERAS_BACKENDS=required \
+	    $(PY_TORCH) -m pytest tests_pytorch/test_keras_backends.py
+	KERAS_BACKEND=torch DROPOUT_BOOK_KERAS_BACKENDS=required \
+	    $(PY_TORCH) -m pytest tests_pytorch/test_keras_backends.py
 
 # The chapters in JupyterLab (with MyST rendered in the notebooks by
 # jupyterlab-myst), on the project's kernel only. Stop it with Ctrl-C.
@@ -176,11 +185,14 @@ pins: $(VENV)/.installed
 	    --generate-hashes --custom-compile-command "make pins" --quiet \
 	    -o requirements.txt $(UPGRADE)
 
-# requirements-pytorch.txt from requirements-pytorch.in, the same way (uv from .venv);
+# requirements-pytorch.txt from requirements-pytorch.in, the same way (uv from .venv),
+# constrained by requirements.txt: a package both environments need (keras, numpy,
+# ml-dtypes, h5py, scipy, ...) gets the book's version;
 # `.venv/bin/python tools/check_pins.py --requirements requirements-pytorch.txt` checks
 # that it installs on every supported platform and Python.
 pins-pytorch: $(VENV)/.installed
-	$(VENV)/bin/uv pip compile requirements-pytorch.in --universal --python-version 3.11 \
+	$(VENV)/bin/uv pip compile requirements-pytorch.in -c requirements.txt \
+	    --universal --python-version 3.11 \
 	    --generate-hashes --custom-compile-command "make pins-pytorch" --quiet \
 	    -o requirements-pytorch.txt $(UPGRADE)
 
