@@ -1319,6 +1319,19 @@ def _copy_model(model: keras.Model) -> keras.Model:
     return copy
 
 
+def _one_ulp_up(value: NDArray) -> NDArray:
+    """``value`` moved up by one ulp of the precision the backend computes in.
+
+    Keras 3.15.1's torch backend multiplies float64 matrices at float32
+    precision (gaps of ``1e-8`` where TensorFlow and JAX give ``1e-16``), so a
+    one-float64-ulp control would be rounded away there: it moves by one
+    float32 ulp instead.
+    """
+    if keras.backend.backend() == "torch" and value.dtype == np.float64:
+        return value + np.spacing(value.astype(np.float32)).astype(np.float64)
+    return np.nextafter(value, np.inf)
+
+
 def _weight_gap(source: keras.Model, target: keras.Model, factor: Mapping[str, float]) -> float:
     """``max_v ||v_tgt / f_v - v_src||_inf / max_v ||v_src||_inf`` over the float variables.
 
@@ -1361,7 +1374,9 @@ def verify(
     the optimizer ``source`` was compiled with), the conversion's with the
     map of that optimizer (:func:`dropout_lib.mapping.mapped_multi_optimizer`),
     the control (every float weight of the source moved by one ulp,
-    :func:`numpy.nextafter`) with a clone. All three draw the same masks
+    :func:`numpy.nextafter`; on Keras's torch backend, which in Keras 3.15.1
+    computes float64 matrix products at float32 precision, by one float32
+    ulp, the precision the products keep) with a clone. All three draw the same masks
     (generator states copied) and see the same batches: ``x[i*b:(i+1)*b]``
     for step ``i``, ``b = batch_size`` (default ``len(x) // steps``). After
     step ``t`` a consuming kernel compares as ``W_tgt / s`` with ``W_src``
@@ -1401,7 +1416,7 @@ def verify(
     for v in runs["control"].weights:
         value = np.asarray(_numpy(v))
         if value.dtype.kind == "f":
-            v.assign(np.nextafter(value, np.inf))
+            v.assign(_one_ulp_up(value))
     target_optimizer = mapped_multi_optimizer(runs["target"], optimizer, converted.direction)
     runs["source"].compile(optimizer=clone_optimizer(optimizer), loss=loss, run_eagerly=run_eagerly)
     runs["control"].compile(optimizer=clone_optimizer(optimizer), loss=loss, run_eagerly=run_eagerly)

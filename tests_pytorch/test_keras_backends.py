@@ -206,19 +206,13 @@ def test_verify_per_step_gap_within_the_budget(run):
         assert gap <= max(t, 1) * 4 * eps(run["backend"]) * 10, (t, check)
 
 
-def test_verify_says_exact(run, request):
+def test_verify_says_exact(run):
     """``dl.verify``'s own verdict on an exact conversion.
 
-    On torch it says "not exact": its control moves float64 weights by one
-    float64 ulp, which Keras's float32 matmul there rounds away (the control
-    stays at 1.7e-16), while the conversion's rescaled kernels round
-    differently in float32 (gap 1.5e-8 after 3 steps, within the float32
-    budget above). A verify that knows the backend's matmul precision (or
-    refuses on torch) would pass: strict, so the fix is noticed.
+    On torch, Keras computes float64 matrix products at float32 precision, so
+    verify's control moves the weights by one float32 ulp there (a float64 ulp
+    was rounded away: control 1.7e-16 beside a gap of 1.5e-8, "not exact").
     """
-    if run["backend"] == "torch":
-        reason = "dl.verify compares float32-rounded torch matmuls with a float64 one-ulp control"
-        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
     assert run["verify"]["exact"], run["verify"]
 
 
