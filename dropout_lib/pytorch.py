@@ -88,28 +88,20 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 _LR_DEFAULT = {"Adam": 1e-3, "AdamW": 1e-3}
 
 # Hyperparameters that no map changes (scale-free, or acting on the loss's sign).
+_ADAM_UNCHANGED = {
+    "betas",
+    "amsgrad",
+    "decoupled_weight_decay",
+    "maximize",
+    "foreach",
+    "capturable",
+    "differentiable",
+    "fused",
+}
 _UNCHANGED = {
     "SGD": {"momentum", "dampening", "nesterov", "maximize", "foreach", "differentiable", "fused"},
-    "Adam": {
-        "betas",
-        "amsgrad",
-        "decoupled_weight_decay",
-        "maximize",
-        "foreach",
-        "capturable",
-        "differentiable",
-        "fused",
-    },
-    "AdamW": {
-        "betas",
-        "amsgrad",
-        "decoupled_weight_decay",
-        "maximize",
-        "foreach",
-        "capturable",
-        "differentiable",
-        "fused",
-    },
+    "Adam": _ADAM_UNCHANGED,
+    "AdamW": _ADAM_UNCHANGED,
     "RMSprop": {"alpha", "momentum", "centered", "maximize", "foreach", "capturable", "differentiable"},
     "Adagrad": {"lr_decay", "maximize", "foreach", "differentiable", "fused"},
 }

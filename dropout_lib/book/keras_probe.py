@@ -573,6 +573,18 @@ def mask_keep_prob(rate: float, grid: int) -> Fraction:
     return Fraction(grid - math.ceil(threshold * grid), grid)
 
 
+def _checked_outputs(x: ArrayLike, y: Any, rate: float, keep_prob: Any) -> tuple[NDArray, NDArray, Fraction]:
+    """``(x, y, p)`` as arrays and an exact ``p``, after checking ``y`` is a dropout of ``x``."""
+    xa = np.asarray(x)
+    ya = _as_numpy(y)
+    _float_dtype(xa.dtype)
+    if ya.shape != xa.shape or ya.dtype != xa.dtype:
+        raise ValueError(f"y ({ya.shape}, {ya.dtype}) must match x ({xa.shape}, {xa.dtype}).")
+    if np.any(xa == 0) or not np.all(np.isfinite(xa)):
+        raise ValueError("x must be finite and nonzero: a dropped unit and a zero look alike.")
+    return xa, ya, Fraction(keras_keep_prob(rate) if keep_prob is None else keep_prob)
+
+
 def mean_ulp_distances(
     x: ArrayLike, y: Any, rate: float, keep_prob: Fraction | float | None = None
 ) -> list[Fraction]:
@@ -587,14 +599,7 @@ def mean_ulp_distances(
     dtype. ``p`` defaults to :func:`keras_keep_prob`; pass
     :func:`mask_keep_prob` for the sampler's own keep probability.
     """
-    xa = np.asarray(x)
-    ya = _as_numpy(y)
-    _float_dtype(xa.dtype)
-    if ya.shape != xa.shape or ya.dtype != xa.dtype:
-        raise ValueError(f"y ({ya.shape}, {ya.dtype}) must match x ({xa.shape}, {xa.dtype}).")
-    if np.any(xa == 0) or not np.all(np.isfinite(xa)):
-        raise ValueError("x must be finite and nonzero: a dropped unit and a zero look alike.")
-    p = Fraction(keras_keep_prob(rate) if keep_prob is None else keep_prob)
+    xa, ya, p = _checked_outputs(x, y, rate, keep_prob)
     kept = ya != 0
     xs, ys = xa[kept].astype(np.float64), ya[kept].astype(np.float64)
     ulps = np.spacing(np.abs(xa[kept])).astype(np.float64)  # powers of two, exact
@@ -630,14 +635,7 @@ def max_abs_mean_ulp(
     integer times a power of two, and the largest one is found by comparing
     integers shifted to a common exponent. No rounding anywhere.
     """
-    xa = np.asarray(x)
-    ya = _as_numpy(y)
-    _float_dtype(xa.dtype)
-    if ya.shape != xa.shape or ya.dtype != xa.dtype:
-        raise ValueError(f"y ({ya.shape}, {ya.dtype}) must match x ({xa.shape}, {xa.dtype}).")
-    if np.any(xa == 0) or not np.all(np.isfinite(xa)):
-        raise ValueError("x must be finite and nonzero: a dropped unit and a zero look alike.")
-    p = Fraction(keras_keep_prob(rate) if keep_prob is None else keep_prob)
+    xa, ya, p = _checked_outputs(x, y, rate, keep_prob)
     pn, pk = p.numerator, p.denominator.bit_length() - 1  # p = pn / 2**pk
     if p.denominator != 1 << pk:
         raise ValueError(f"keep_prob must be a dyadic rational (a float); got {p}.")
