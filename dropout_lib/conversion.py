@@ -353,7 +353,10 @@ def _refusal(layer: Any, scale: float, dropouts: tuple[frozenset[str], ...] = ()
             "On a residual branch x + Dropout(F(x)) (stochastic depth included) the exact "
             "map is on the producer side: scale F's last kernel and bias (or its last "
             "normalisation's scale and offset) by the dropout's factor, with their "
-            "optimizer maps (chapter 8); convert_model does not build it. Otherwise "
+            "optimizer maps (chapter 8). convert_model builds it where F ends in a "
+            "single-use Dense, EinsumDense or Conv layer (linear or ReLU) or a "
+            "BatchNormalization/LayerNormalization with a scale; here it does not apply "
+            "(see below). Otherwise "
         )
     elif isinstance(layer, L.Dot):
         why = "a normalised Dot divides by norms (with an epsilon)"

@@ -407,8 +407,10 @@ def _unknown_random_layers(model: keras.Model) -> None:
             "inverted variant (x / keep_prob * mask) while the rest changes, and its draws "
             "would not be shared with the source's. For a per-sample drop path use "
             "keras.layers.Dropout(rate, noise_shape=(None, 1, ..., 1), seed=...) (a "
-            "seeded, swappable layer; on a residual branch it has no consumer-side map "
-            f"yet), or {KEEP_THE_VARIANT}."
+            "seeded, swappable layer; on a residual branch it converts with the "
+            "producer-side map where the branch ends in a single-use Dense, EinsumDense, "
+            "Conv, BatchNormalization or LayerNormalization layer, not after another layer "
+            f"such as ConvNeXt's LayerScale), or {KEEP_THE_VARIANT}."
         )
 
 
